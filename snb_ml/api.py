@@ -1,0 +1,189 @@
+"""Python API for notebooks: relax a ShakeNBreak tree or distortion dictionary with one call."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snb_ml.relax import RelaxSettings
+from snb_ml.runner import RunReport, run_tree
+from snb_ml.settings import RunSettings
+
+
+@dataclass
+class DefectResult:
+    """Relaxed structures and ML energies of one defect in one charge state.
+
+    Attributes:
+        name: Defect folder name, e.g. ``v_Cd_0``.
+        charge: Defect charge.
+        energies: ShakeNBreak-style energies (``{"distortions": {...}, "Unperturbed": E}``).
+        structures: Relaxed pymatgen structures by distortion folder name.
+        statuses: ``converged``/``unconverged``/``high_energy``/``exploded``/``error`` by folder.
+        directory: The defect's folder in the ML tree.
+    """
+
+    name: str
+    charge: int | None
+    energies: dict[str, Any]
+    structures: dict[str, Any] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+    directory: Path | None = None
+
+
+@dataclass
+class RelaxationResults:
+    """What :func:`relax_tree` and :func:`relax_distortions` return."""
+
+    ml_tree: Path
+    defects: dict[str, DefectResult]
+    report: RunReport
+
+    def summary(self) -> str:
+        """The same summary table the CLI prints."""
+        from snb_ml.summary import format_summary
+
+        return format_summary(self.report)
+
+
+def _collect(report: RunReport) -> RelaxationResults:
+    from pymatgen.core import Structure
+
+    from snb_ml.snbtree import energies_document
+
+    defects = {}
+    for defect in report.defects:
+        energies, structures, statuses = {}, {}, {}
+        for folder, record in defect.records.items():
+            statuses[folder] = record.status
+            if record.energy is not None and record.status in ("converged", "unconverged"):
+                energies[folder] = record.energy
+            contcar = (defect.ml_directory or Path()) / (record.output_folder or folder) / "CONTCAR"
+            if contcar.is_file():
+                structures[folder] = Structure.from_file(contcar)
+        defects[defect.name] = DefectResult(
+            name=defect.name,
+            charge=defect.charge,
+            energies=energies_document(energies),
+            structures=structures,
+            statuses=statuses,
+            directory=defect.ml_directory,
+        )
+    return RelaxationResults(ml_tree=report.ml_tree, defects=defects, report=report)
+
+
+def _settings(relaxer: str, model: str | None, kwargs: dict[str, Any]) -> RunSettings:
+    relax_fields = set(RelaxSettings.__dataclass_fields__)
+    relax_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in relax_fields}
+    return RunSettings(relaxer=relaxer, model=model, relax=RelaxSettings(**relax_kwargs), **kwargs)
+
+
+def relax_tree(
+    path: str | Path = ".",
+    relaxer: str = "chgnet",
+    model: str | None = None,
+    output: str | Path | None = None,
+    defects: list[str] | None = None,
+    **options: Any,
+) -> RelaxationResults:
+    """Relax a ShakeNBreak tree (written by ``snb-generate``) with an ML force field.
+
+    Args:
+        path: Top-level or single-defect ShakeNBreak folder.
+        relaxer: Relaxer backend name.
+        model: Model path/name for the backend.
+        output: ML tree folder (default ``<top-level>/ml_tree``).
+        defects: Defect folder names to relax (all if ``None``).
+        **options: Any :class:`~snb_ml.settings.RunSettings` or :class:`~snb_ml.relax.RelaxSettings`
+            field, e.g. ``fmax=0.02``, ``steps=300``, ``device="cuda"``, ``progress=False``.
+
+    Returns:
+        Relaxed structures, energies and the ML tree path.
+
+    Example:
+        >>> results = relax_tree("CdTe", relaxer="chgnet", fmax=0.02)  # doctest: +SKIP
+        >>> results.defects["v_Cd_0"].energies  # doctest: +SKIP
+    """
+    report = run_tree(path, _settings(relaxer, model, dict(options)), defects=defects, output=output)
+    return _collect(report)
+
+
+def _folder_name(defect: str, charge: int) -> str:
+    return f"{defect}_{charge:+d}" if charge else f"{defect}_0"
+
+
+def write_distortion_tree(distortion_dict: dict, directory: str | Path) -> Path:
+    """Write ``Distortions.apply_distortions()`` output as a ShakeNBreak tree of POSCARs.
+
+    Args:
+        distortion_dict: ``{defect: {"charges": {q: {"structures": {"Unperturbed": S,
+            "distortions": {"Bond_Distortion_-30.0%": S, ...}}}}}}``.
+        directory: Where to write ``{defect}_{q}/{distortion}/POSCAR``.
+
+    Returns:
+        The directory.
+    """
+    from pymatgen.io.vasp import Poscar
+
+    from snb_ml.atomic import write_text
+    from snb_ml.errors import InputError
+
+    directory = Path(directory)
+    for defect, entry in distortion_dict.items():
+        if "charges" not in entry:
+            raise InputError(
+                f"Entry '{defect}' is not Distortions.apply_distortions() output (no 'charges' key)."
+            )
+        for charge, charge_entry in entry["charges"].items():
+            structures = charge_entry["structures"]
+            folder = directory / _folder_name(defect, int(charge))
+            named = {"Unperturbed": structures["Unperturbed"], **structures.get("distortions", {})}
+            for name, structure in named.items():
+                label = name if isinstance(name, str) else f"Bond_Distortion_{round(name * 100, 1) + 0}%"
+                write_text(
+                    folder / label / "POSCAR", Poscar(structure, comment=f"{defect} {label}").get_str()
+                )
+    return directory
+
+
+def relax_distortions(
+    distortion_dict: dict,
+    relaxer: str = "chgnet",
+    model: str | None = None,
+    output: str | Path = "ml_tree",
+    **options: Any,
+) -> RelaxationResults:
+    """Relax the structures of ``Distortions.apply_distortions()`` and write them as an ML tree.
+
+    Args:
+        distortion_dict: The first element returned by ``Distortions.apply_distortions()``.
+        relaxer: Relaxer backend name.
+        model: Model path/name for the backend.
+        output: ML tree folder; rerunning with the same folder reuses finished relaxations.
+        **options: As for :func:`relax_tree`.
+
+    Returns:
+        Relaxed structures, energies and the ML tree path.
+    """
+    with tempfile.TemporaryDirectory(prefix="snb_ml_inputs_") as staging:
+        write_distortion_tree(distortion_dict, staging)
+        report = run_tree(staging, _settings(relaxer, model, dict(options)), output=output)
+        for defect in report.defects:
+            if defect.ml_directory is not None:
+                _rewrite_input_path(defect.ml_directory)
+        return _collect(report)
+
+
+def _rewrite_input_path(ml_directory: Path) -> None:
+    import json
+
+    from snb_ml.atomic import write_text
+    from snb_ml.snbtree import PROVENANCE_FILE
+
+    provenance_file = ml_directory / PROVENANCE_FILE
+    if provenance_file.is_file():
+        provenance = json.loads(provenance_file.read_text())
+        provenance["input_directory"] = "(in-memory Distortions dictionary)"
+        write_text(provenance_file, json.dumps(provenance, indent=2, default=str))

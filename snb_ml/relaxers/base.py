@@ -1,0 +1,158 @@
+"""The contract between snb_ml and a relaxer backend.
+
+A backend is a *factory*: it receives a :class:`CalculatorRequest` and returns an ASE ``Calculator``
+(or a :class:`LoadedModel` when it knows more, e.g. the model's elements or whether it reads the
+defect charge). Every ASE optimizer, filter and constraint then works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from snb_ml.errors import ModelError
+
+
+@dataclass(frozen=True)
+class CalculatorRequest:
+    """What the user asked for; backends ignore the fields they do not use.
+
+    Attributes:
+        model: Model file path or model name (backend specific); ``None`` for the backend default.
+        head: Readout head of a multi-head model.
+        device: ``"cpu"`` or ``"cuda"`` (already resolved from ``"auto"``).
+        dtype: Floating-point precision, ``"float32"`` or ``"float64"``; ``None`` for the default.
+        options: Extra keyword arguments for the calculator (e.g. for the ``ase`` backend).
+    """
+
+    model: str | None = None
+    head: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A ready calculator plus what snb_ml needs to know about it.
+
+    Attributes:
+        calculator: The ASE calculator.
+        name: Human-readable model name recorded in the provenance file.
+        version: Version of the package or model file that produced the energies.
+        charge_aware: True when the model reads ``atoms.info["charge"]`` (total charge embedding).
+        supported_numbers: Atomic numbers the model can describe, or ``None`` if unknown.
+        head: Readout head in use, if the model has several.
+    """
+
+    calculator: Any
+    name: str
+    version: str = "unknown"
+    charge_aware: bool = False
+    supported_numbers: frozenset[int] | None = None
+    head: str | None = None
+
+    def check_elements(self, symbols: Iterable[str], where: str) -> None:
+        """Raise :class:`ModelError` if the model cannot describe every element in ``symbols``.
+
+        Args:
+            symbols: Chemical symbols of the structure to relax.
+            where: Where the structure came from, for the message.
+        """
+        if self.supported_numbers is None:
+            return
+        from ase.data import atomic_numbers
+
+        missing = sorted({s for s in symbols if atomic_numbers[s] not in self.supported_numbers})
+        if missing:
+            raise ModelError(
+                f"Model '{self.name}' was not trained on {', '.join(missing)} (needed by {where}). "
+                "Use a model that covers these elements (e.g. --relaxer chgnet, or --model PATH "
+                "to a MACE model trained on them)."
+            )
+
+
+CalculatorFactory = Callable[[CalculatorRequest], Any]
+
+
+@dataclass(frozen=True)
+class RelaxerBackend:
+    """A registered relaxer backend.
+
+    Attributes:
+        name: The name users pass to ``--relaxer``.
+        factory: Callable turning a :class:`CalculatorRequest` into a calculator or :class:`LoadedModel`.
+        description: One line shown by ``snb-ml plugins``.
+        plugin: Name of the plugin (entry point) that registered it.
+        distribution: Installed distribution providing the plugin, with its version.
+    """
+
+    name: str
+    factory: CalculatorFactory
+    description: str = ""
+    plugin: str = ""
+    distribution: str = ""
+
+    def load(self, request: CalculatorRequest) -> LoadedModel:
+        """Build the calculator for ``request`` and wrap it in a :class:`LoadedModel`.
+
+        Args:
+            request: What to load.
+
+        Returns:
+            The loaded model.
+
+        Raises:
+            ModelError: If the backend fails to build a calculator.
+        """
+        from snb_ml.errors import SnbMlError
+
+        try:
+            result = self.factory(request)
+        except SnbMlError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"Relaxer '{self.name}' could not load its model ({type(exc).__name__}: {exc}). "
+                "Check --model/--device/--dtype, or try --relaxer chgnet (offline default)."
+            ) from exc
+        if isinstance(result, LoadedModel):
+            return result
+        return LoadedModel(
+            calculator=result,
+            name=f"{self.name}:{type(result).__name__}",
+            version=self.distribution or "unknown",
+        )
+
+
+def resolve_device(device: str) -> str:
+    """Map ``"auto"`` to ``"cuda"`` when a GPU is visible to torch, else ``"cpu"``.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``"cuda:N"`` accepted).
+
+    Returns:
+        The concrete device name.
+
+    Raises:
+        ModelError: If CUDA is requested but not available, or the name is unknown.
+    """
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ModelError(f"Unknown device '{device}'. Use auto, cpu or cuda.")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if not has_cuda:
+        raise ModelError(
+            f"--device {device} was requested but torch sees no CUDA GPU. Use --device cpu or auto, "
+            "or install a CUDA build of torch."
+        )
+    return device

@@ -1,0 +1,139 @@
+"""MACE backend: a model file, or a MACE-MP foundation model fetched only when named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from snb_ml.errors import ModelError
+from snb_ml.hookspecs import hookimpl
+from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
+
+CHARGE_KEY = "total_charge"
+OFFLINE_ENV = "SNB_ML_OFFLINE"
+
+_OFFLINE_HELP = (
+    "Ways out: pass --model PATH to a MACE .model file already on disk, or use the offline default "
+    "--relaxer chgnet."
+)
+
+
+def _foundation_names() -> list[str]:
+    from mace.calculators.foundations_models import mace_mp_names
+
+    return [name for name in mace_mp_names if name]
+
+
+def _fetch_foundation_model(name: str) -> str:
+    """Return a local path for MACE-MP foundation model ``name``, downloading it if allowed."""
+    from mace.calculators.foundations_models import download_mace_mp_checkpoint, mace_mp_urls
+    from mace.tools.utils import get_cache_dir
+
+    cached = Path(get_cache_dir()) / "".join(
+        c for c in os.path.basename(mace_mp_urls[name]) if c.isalnum() or c == "_"
+    )
+    if cached.is_file():
+        return str(cached)
+    if os.environ.get(OFFLINE_ENV):
+        raise ModelError(
+            f"MACE foundation model '{name}' is not cached in {cached.parent} and {OFFLINE_ENV} is set, "
+            f"so it will not be downloaded. {_OFFLINE_HELP}"
+        )
+    try:
+        return download_mace_mp_checkpoint(name)
+    except Exception as exc:  # URLError, timeouts, HTML error pages: all mean "no model"
+        raise ModelError(
+            f"Could not download MACE foundation model '{name}' ({type(exc).__name__}: {exc}); the "
+            f"network may be unavailable. {_OFFLINE_HELP}"
+        ) from exc
+
+
+def _load_torch_model(path: str, device: str) -> Any:
+    import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported)
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise ModelError(
+            f"Could not read MACE model file '{path}' ({type(exc).__name__}: {exc}). Check that it is a "
+            f"model saved by MACE (e.g. from mace_run_train or snb-ml train). {_OFFLINE_HELP}"
+        ) from exc
+
+
+def is_charge_aware(model: Any) -> bool:
+    """Return True if a MACE model embeds the global ``total_charge``.
+
+    Args:
+        model: A loaded MACE ``torch.nn.Module``.
+    """
+    specs = getattr(model, "embedding_specs", None) or {}
+    return any(name == CHARGE_KEY or spec.get("key") == CHARGE_KEY for name, spec in specs.items())
+
+
+def load_mace(request: CalculatorRequest) -> LoadedModel:
+    """Load a MACE calculator from ``request.model`` (file path or foundation-model name).
+
+    Args:
+        request: ``model`` is a path or a MACE-MP name (``small``, ``medium-mpa-0``, ...); ``head``
+            selects the readout of multi-head models; ``dtype`` defaults to ``float64``.
+
+    Returns:
+        The loaded model; ``charge_aware`` is set when the model has a total-charge embedding.
+    """
+    spec = request.model
+    if not spec:
+        raise ModelError(
+            "The mace relaxer needs --model: a path to a MACE .model file, or a foundation-model name "
+            f"({', '.join(_foundation_names())}) which is downloaded on first use. {_OFFLINE_HELP}"
+        )
+    if Path(spec).exists():
+        path = spec
+        if not os.access(path, os.R_OK) or Path(path).is_dir():
+            raise ModelError(f"MACE model file '{path}' is not a readable file. {_OFFLINE_HELP}")
+    elif spec in _foundation_names():
+        path = _fetch_foundation_model(spec)
+    else:
+        raise ModelError(
+            f"MACE model '{spec}' is neither an existing file nor a foundation-model name "
+            f"({', '.join(_foundation_names())}). {_OFFLINE_HELP}"
+        )
+
+    import mace
+    from mace.calculators import MACECalculator
+
+    model = _load_torch_model(path, request.device)
+    heads = list(getattr(model, "heads", None) or ["Default"])
+    head = request.head
+    if head is not None and head not in heads:
+        raise ModelError(f"MACE model '{spec}' has no head '{head}'. Its heads are: {', '.join(heads)}.")
+    if head is None and len(heads) > 1:
+        # Multi-fidelity models: prefer the higher level of theory, then MACE's own default.
+        lowered = {h.lower(): h for h in heads}
+        head = lowered.get("hse") or lowered.get("default") or heads[-1]
+    dtype = request.dtype or "float64"
+    model = model.double() if dtype == "float64" else model.float()
+    calculator = MACECalculator(
+        models=model,
+        device=request.device,
+        default_dtype=dtype,
+        head=head if len(heads) > 1 else None,
+        **request.options,
+    )
+    return LoadedModel(
+        calculator=calculator,
+        name=f"MACE {Path(spec).name}",
+        version=f"mace-torch {getattr(mace, '__version__', 'unknown')}",
+        charge_aware=is_charge_aware(model),
+        supported_numbers=frozenset(int(z) for z in model.atomic_numbers),
+        head=head if len(heads) > 1 else None,
+    )
+
+
+@hookimpl
+def register_relaxers(register):
+    """Register the ``mace`` relaxer."""
+    register(
+        "mace", load_mace, description="MACE from --model PATH or a foundation name (downloaded on request)"
+    )

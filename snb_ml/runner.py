@@ -1,0 +1,409 @@
+"""Relax every distortion of a ShakeNBreak tree and write the ML tree, one defect at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snb_ml import __version__
+from snb_ml.atomic import atomic_path, remove_stale_temporaries, write_text
+from snb_ml.errors import InputError, OutputError, SnbMlError
+from snb_ml.relax import (
+    CONVERGED,
+    EXPLODED,
+    HIGH_ENERGY,
+    UNCONVERGED,
+    RelaxResult,
+    min_interatomic_distance,
+    relax,
+)
+from snb_ml.relaxers.base import CalculatorRequest, LoadedModel, resolve_device
+from snb_ml.settings import RunSettings
+from snb_ml.snbtree import (
+    DEFAULT_ML_TREE,
+    HIGH_ENERGY_SUFFIX,
+    METADATA_FILE,
+    PROVENANCE_FILE,
+    TRAJECTORY_FILE,
+    DefectInput,
+    check_ml_defect_dir,
+    locate_defects,
+    parse_charge,
+    read_input_structure,
+    write_energies_yaml,
+)
+
+LOCK_FILE = ".snb_ml.lock"
+FINAL_STATUSES = (CONVERGED, HIGH_ENERGY, EXPLODED)
+
+
+@dataclass
+class DistortionRecord:
+    """Outcome of one distortion, as stored in the provenance file and shown in the summary."""
+
+    folder: str
+    status: str
+    energy: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    max_force: float | None = None
+    message: str = ""
+    output_folder: str | None = None
+    skipped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-data form for the provenance file (``skipped`` is per run, not stored)."""
+        data = dict(self.__dict__)
+        data.pop("skipped")
+        return data
+
+
+@dataclass
+class DefectReport:
+    """What happened to one defect: its distortions, the ML tree folder, and any error."""
+
+    name: str
+    charge: int | None = None
+    ml_directory: Path | None = None
+    records: dict[str, DistortionRecord] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def unperturbed_energy(self) -> float | None:
+        """ML energy of the relaxed Unperturbed structure, if available."""
+        record = self.records.get("Unperturbed")
+        return record.energy if record and record.energy is not None else None
+
+    @property
+    def failed(self) -> bool:
+        """True if the defect or any of its distortions ended in an input/model error."""
+        return self.error is not None or any(r.status == "error" for r in self.records.values())
+
+
+@dataclass
+class RunReport:
+    """Result of a whole run, with the ML tree location."""
+
+    ml_tree: Path
+    defects: list[DefectReport]
+    model: dict[str, Any]
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        """True if any defect or distortion failed."""
+        return any(defect.failed for defect in self.defects)
+
+
+def load_model(settings: RunSettings) -> LoadedModel:
+    """Resolve the relaxer plugin and load its model for ``settings``."""
+    from snb_ml.plugins import get_relaxer
+
+    backend = get_relaxer(settings.relaxer)
+    request = CalculatorRequest(
+        model=settings.model,
+        head=settings.head,
+        device=resolve_device(settings.device),
+        dtype=settings.dtype,
+        options=dict(settings.calculator_options),
+    )
+    return backend.load(request)
+
+
+def _load_provenance(ml_dir: Path) -> dict[str, Any]:
+    path = ml_dir / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise OutputError(
+            f"{path} is unreadable ({exc}); move it away and rerun to redo this defect."
+        ) from exc
+
+
+def _write_structure(atoms, target: Path) -> None:
+    from ase.io import write
+
+    with atomic_path(target) as temporary:
+        write(str(temporary), atoms, format="vasp", direct=True, sort=False)
+
+
+def _write_trajectory(frames, target: Path, info: dict[str, Any]) -> None:
+    from ase.io import write
+
+    for frame in frames:
+        frame.info.update(info)
+    with atomic_path(target) as temporary:
+        write(str(temporary), frames, format="extxyz")
+
+
+class _DefectRun:
+    """Relaxes the distortions of one defect into its ML tree folder."""
+
+    def __init__(self, defect: DefectInput, ml_top: Path, model: LoadedModel, settings: RunSettings):
+        self.defect = defect
+        self.ml_dir = ml_top / defect.name
+        self.model = model
+        self.settings = settings
+        self.report = DefectReport(name=defect.name, ml_directory=self.ml_dir)
+        self.provenance: dict[str, Any] = {}
+
+    def run(self, warn_charge_blind: list[bool], position: int) -> DefectReport:
+        from filelock import FileLock, Timeout
+
+        check_ml_defect_dir(self.ml_dir, self.defect.name)
+        try:
+            self.ml_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.ml_dir / LOCK_FILE), timeout=0)
+            lock.acquire()
+        except PermissionError as exc:
+            raise OutputError(
+                f"Cannot write the ML tree at {self.ml_dir} (permission denied). Pass --output a writable "
+                "directory."
+            ) from exc
+        except Timeout as exc:
+            raise OutputError(
+                f"Another snb_ml run is relaxing {self.defect.name} into {self.ml_dir} (lock {LOCK_FILE} is "
+                "held). Wait for it to finish, or write to another tree with --output."
+            ) from exc
+        try:
+            return self._run_locked(warn_charge_blind, position)
+        finally:
+            lock.release()
+
+    def _run_locked(self, warn_charge_blind: list[bool], position: int) -> DefectReport:
+        from tqdm.auto import tqdm
+
+        remove_stale_temporaries(self.ml_dir)
+        charge = self.settings.charge if self.settings.charge is not None else parse_charge(self.defect)
+        self.report.charge = charge
+        self._start_provenance(charge)
+        if charge != 0 and not self.model.charge_aware and warn_charge_blind[0]:
+            warn_charge_blind[0] = False
+            warnings.warn(
+                f"Model '{self.model.name}' has no charge embedding: defect charges (e.g. {charge:+d} for "
+                f"{self.defect.name}) are ignored; every charge state is relaxed as the same neutral-like "
+                "system.",
+                stacklevel=2,
+            )
+        self._copy_metadata()
+        folders = self.defect.distortion_folders()
+        reference = self._reference_distance()
+        with tqdm(
+            total=len(folders),
+            desc=self.defect.name,
+            unit="relax",
+            position=position,
+            leave=True,
+            disable=not self.settings.progress,
+        ) as bar:
+            for folder in folders:
+                record = self._relax_one(folder, charge, reference, bar)
+                self.report.records[folder] = record
+                bar.update(1)
+        return self.report
+
+    def _start_provenance(self, charge: int) -> None:
+        previous = _load_provenance(self.ml_dir)
+        signature = self.settings.signature()
+        if previous and previous.get("signature") != signature and not self.settings.force:
+            raise OutputError(
+                f"{self.ml_dir} holds results of other settings ({previous.get('signature')}); this run "
+                f"uses {signature}. Write to another tree with --output, or pass --force to redo them."
+            )
+        self.provenance = {
+            "snb_ml_version": __version__,
+            "defect": self.defect.name,
+            "charge": charge,
+            "input_directory": str(self.defect.directory),
+            "signature": signature,
+            "model": {
+                "name": self.model.name,
+                "version": self.model.version,
+                "charge_aware": self.model.charge_aware,
+                "head": self.model.head,
+            },
+            "settings": self.settings.as_dict(),
+            "distortions": {} if self.settings.force else previous.get("distortions", {}),
+        }
+
+    def _copy_metadata(self) -> None:
+        for source, target in (
+            (self.defect.directory / METADATA_FILE, self.ml_dir / METADATA_FILE),
+            (self.defect.directory.parent / METADATA_FILE, self.ml_dir.parent / METADATA_FILE),
+        ):
+            if source.is_file():
+                write_text(target, source.read_text())
+
+    def _reference_distance(self) -> float | None:
+        try:
+            return min_interatomic_distance(read_input_structure(self.defect.directory / "Unperturbed"))
+        except (SnbMlError, OSError):
+            return None
+
+    def _existing(self, folder: str) -> DistortionRecord | None:
+        stored = self.provenance["distortions"].get(folder)
+        if not stored or self.settings.force or stored.get("status") not in FINAL_STATUSES:
+            return None
+        output = self.ml_dir / (stored.get("output_folder") or folder)
+        if not (output / "CONTCAR").is_file():
+            return None
+        return DistortionRecord(**stored, skipped=True)
+
+    def _relax_one(self, folder: str, charge: int, reference: float | None, bar) -> DistortionRecord:
+        existing = self._existing(folder)
+        if existing is not None:
+            return existing
+        source = self.defect.directory / folder
+        where = f"{self.defect.name}/{folder}"
+        try:
+            atoms = read_input_structure(source)
+            self.model.check_elements(atoms.get_chemical_symbols(), where)
+        except SnbMlError as exc:
+            record = DistortionRecord(folder=folder, status="error", message=str(exc))
+            bar.write(f"Error in {where}: {exc}")
+            self._save(record)
+            return record
+        # An unconverged earlier run continues from where it stopped, like a DFT restart.
+        restart = self.ml_dir / folder / "CONTCAR"
+        if restart.is_file() and not self.settings.force:
+            from ase.io import read
+
+            atoms.positions = read(restart, format="vasp").positions
+        atoms.info["charge"] = charge
+        bar.set_postfix_str(folder)
+
+        def on_step(step: int) -> None:
+            if step % 10 == 0:
+                bar.set_postfix_str(f"{folder} step {step}")
+
+        try:
+            result = relax(atoms, self.model.calculator, self.settings.relax, reference, on_step)
+        except SnbMlError:
+            raise
+        except Exception as exc:  # the model crashed on this structure: report it, keep the others going
+            record = DistortionRecord(folder=folder, status="error", message=f"{type(exc).__name__}: {exc}")
+            bar.write(f"Error in {where}: {record.message}")
+            self._save(record)
+            return record
+        self._classify_high_energy(folder, result)
+        record = self._write_outputs(folder, source, result, charge)
+        if record.status == EXPLODED:
+            bar.write(f"{where}: stopped ({result.message}); saved as {record.output_folder}")
+        return record
+
+    def _classify_high_energy(self, folder: str, result: RelaxResult) -> None:
+        reference = self.report.unperturbed_energy
+        if folder == "Unperturbed" or reference is None or result.status == EXPLODED:
+            return
+        excess = result.energy - reference
+        if excess > self.settings.relax.high_energy_threshold:
+            result.status = HIGH_ENERGY
+            result.message = (
+                f"{excess:.2f} eV above Unperturbed (> {self.settings.relax.high_energy_threshold} eV)"
+            )
+
+    def _write_outputs(self, folder: str, source: Path, result: RelaxResult, charge: int) -> DistortionRecord:
+        marked = result.status in (HIGH_ENERGY, EXPLODED) and folder != "Unperturbed"
+        output_folder = folder + HIGH_ENERGY_SUFFIX if marked else folder
+        output = self.ml_dir / output_folder
+        output.mkdir(parents=True, exist_ok=True)
+        # Only structures are copied: INCAR/KPOINTS would make the ML tree look submittable to DFT.
+        if (source / "POSCAR").is_file():
+            write_text(output / "POSCAR", (source / "POSCAR").read_text())
+        else:
+            _write_structure(read_input_structure(source), output / "POSCAR")
+        _write_structure(result.atoms, output / "CONTCAR")
+        info = {"defect": self.defect.name, "distortion": folder, "charge": charge, "model": self.model.name}
+        _write_trajectory(result.frames, output / TRAJECTORY_FILE, info)
+        if marked and (self.ml_dir / folder).is_dir():
+            # A plain folder from an earlier attempt would make ShakeNBreak read this run as valid.
+            shutil.rmtree(self.ml_dir / folder)
+        record = DistortionRecord(
+            folder=folder,
+            status=result.status,
+            energy=None if result.status == EXPLODED else result.energy,
+            steps=result.steps,
+            seconds=round(result.seconds, 3),
+            max_force=result.max_force,
+            message=result.message,
+            output_folder=output_folder,
+        )
+        self._save(record)
+        return record
+
+    def _save(self, record: DistortionRecord) -> None:
+        self.provenance["distortions"][record.folder] = record.to_json()
+        energies = {
+            folder: data["energy"]
+            for folder, data in self.provenance["distortions"].items()
+            if data["status"] in (CONVERGED, UNCONVERGED) and data.get("energy") is not None
+        }
+        if energies:
+            write_energies_yaml(self.ml_dir, self.defect.name, energies)
+        write_text(self.ml_dir / PROVENANCE_FILE, json.dumps(self.provenance, indent=2, default=str))
+
+
+def default_ml_tree(top: Path) -> Path:
+    """The ML tree used when no ``--output`` is given: ``<top-level folder>/ml_tree``."""
+    return top / DEFAULT_ML_TREE
+
+
+def run_tree(
+    path: str | Path = ".",
+    settings: RunSettings | None = None,
+    defects: list[str] | None = None,
+    output: str | Path | None = None,
+    model: LoadedModel | None = None,
+) -> RunReport:
+    """Relax every distortion of the selected defects and write the ML tree.
+
+    Args:
+        path: Top-level ShakeNBreak folder or one defect folder.
+        settings: Run settings (defaults: CHGNet, FIRE, fmax 0.01 eV/Å).
+        defects: Defect folder names to relax (all if ``None``).
+        output: ML tree folder (default ``<top-level folder>/ml_tree``).
+        model: An already loaded model to reuse (else loaded from ``settings``).
+
+    Returns:
+        The run report. Per-defect and per-distortion errors are recorded in it, not raised.
+
+    Raises:
+        SnbMlError: For problems that stop the whole run (not a ShakeNBreak tree, model not loadable).
+    """
+    settings = settings or RunSettings()
+    start = time.perf_counter()
+    top, selected = locate_defects(path, defects)
+    if any((defect.directory / PROVENANCE_FILE).exists() for defect in selected):
+        raise InputError(
+            f"'{path}' is an ML tree written by snb_ml, not a ShakeNBreak input tree. Pass -p the folder "
+            "written by snb-generate."
+        )
+    ml_top = Path(output).resolve() if output else default_ml_tree(top)
+    if ml_top == top.resolve() or any(ml_top == d.directory.resolve() for d in selected):
+        raise OutputError(
+            f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder with --output."
+        )
+    model = model or load_model(settings)
+    warn_charge_blind = [True]
+    reports = []
+    for defect in selected:
+        runner = _DefectRun(defect, ml_top, model, settings)
+        try:
+            reports.append(runner.run(warn_charge_blind, position=0))
+        except SnbMlError as exc:
+            runner.report.error = str(exc)
+            reports.append(runner.report)
+            print(f"Error for {defect.name}: {exc}")
+    return RunReport(
+        ml_tree=ml_top,
+        defects=reports,
+        model={"name": model.name, "version": model.version, "charge_aware": model.charge_aware},
+        seconds=time.perf_counter() - start,
+    )

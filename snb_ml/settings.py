@@ -1,0 +1,52 @@
+"""Settings of an ML screening run, shared by the CLI, ``snb-run --relaxer`` and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from snb_ml.relax import RelaxSettings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that defines an ML relaxation run of a ShakeNBreak tree.
+
+    Attributes:
+        relaxer: Relaxer backend name (``chgnet``, ``mace``, ``ase`` or a plugin's).
+        model: Model file, model name or ``module:Class`` (backend specific).
+        head: Readout head for multi-head models.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        dtype: ``float32`` or ``float64`` where the backend supports it.
+        calculator_options: Extra keyword arguments for the calculator constructor.
+        relax: Optimizer settings.
+        charge: Override for the defect charge (otherwise read from the folder name).
+        force: Redo distortions that already have results, and accept a different model.
+        progress: Show progress bars.
+    """
+
+    relaxer: str = "chgnet"
+    model: str | None = None
+    head: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    calculator_options: dict[str, Any] = field(default_factory=dict)
+    relax: RelaxSettings = field(default_factory=RelaxSettings)
+    charge: int | None = None
+    force: bool = False
+    progress: bool = True
+
+    def signature(self) -> dict[str, Any]:
+        """The settings that make results comparable; a rerun with other values refuses to mix them."""
+        return {
+            "relaxer": self.relaxer,
+            "model": self.model,
+            "head": self.head,
+            "dtype": self.dtype,
+            "fmax": self.relax.fmax,
+            "calculator_options": self.calculator_options,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings as plain data, for the provenance file."""
+        return asdict(self)

@@ -1,0 +1,51 @@
+"""The end-of-run summary table."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from snb_ml.runner import RunReport
+
+
+def summary_rows(report: RunReport) -> list[list]:
+    """One row per distortion: defect, distortion, ΔE vs Unperturbed, status, steps, seconds."""
+    rows = []
+    for defect in report.defects:
+        if defect.error:
+            rows.append([defect.name, "-", "", "error", "", "", defect.error[:80]])
+            continue
+        reference = defect.unperturbed_energy
+        for folder, record in defect.records.items():
+            delta = ""
+            if record.energy is not None and reference is not None:
+                delta = f"{record.energy - reference:+.3f}"
+            status = record.status + (" (cached)" if record.skipped else "")
+            note = record.message[:80] if record.status != "converged" else ""
+            rows.append([defect.name, folder, delta, status, record.steps, f"{record.seconds:.1f}", note])
+    return rows
+
+
+def format_summary(report: RunReport) -> str:
+    """Render the run as a table followed by totals."""
+    rows = summary_rows(report)
+    table = tabulate(
+        rows,
+        headers=["defect", "distortion", "E - E_Unperturbed (eV)", "status", "steps", "seconds", "note"],
+        tablefmt="simple",
+    )
+    records = [r for d in report.defects for r in d.records.values()]
+    relaxed = [r for r in records if not r.skipped and r.status != "error"]
+    converged = sum(r.status == "converged" for r in records)
+    per_relaxation = sum(r.seconds for r in relaxed) / len(relaxed) if relaxed else 0.0
+    lines = [
+        table,
+        "",
+        f"Model: {report.model['name']} ({report.model['version']})",
+        f"{len(relaxed)} relaxed this run, {sum(r.skipped for r in records)} reused, "
+        f"{converged}/{len(records)} converged, "
+        f"{sum(d.failed for d in report.defects)} defect(s) with errors; "
+        f"{per_relaxation:.1f} s per relaxation, {report.seconds:.0f} s in total.",
+        f"ML tree: {report.ml_tree}  (read it with: snb-analyse -p {report.ml_tree}, "
+        f"snb-plot -p {report.ml_tree})",
+    ]
+    return "\n".join(lines)
