@@ -82,14 +82,27 @@ class RelaxResult:
         return self.status == CONVERGED
 
 
-def min_interatomic_distance(atoms: Atoms) -> float:
-    """Shortest distance between two atoms, with periodic images (``inf`` for a single atom)."""
+def min_interatomic_distance(atoms: Atoms, cutoff: float = 4.0) -> float:
+    """Shortest distance between two atoms, periodic images included.
+
+    Args:
+        atoms: The structure.
+        cutoff: Search radius in Å; ``inf`` is returned if no pair is closer (or for one atom).
+    """
     if len(atoms) < 2:
         return float("inf")
     from ase.neighborlist import neighbor_list
 
-    distances = neighbor_list("d", atoms, cutoff=6.0)
+    distances = neighbor_list("d", atoms, cutoff=cutoff)
     return float(distances.min()) if len(distances) else float("inf")
+
+
+def _has_pair_closer_than(atoms: Atoms, limit: float) -> float | None:
+    # Searching only within the limit keeps this check far cheaper than a model call.
+    if limit <= 0:
+        return None
+    distance = min_interatomic_distance(atoms, cutoff=limit)
+    return None if distance == float("inf") else distance
 
 
 def _snapshot(atoms: Atoms, energy: float, forces: np.ndarray, step: int) -> Atoms:
@@ -135,6 +148,8 @@ def relax(
     reference = reference_distance if reference_distance else start_distance
     # A rattled start may already sit below the threshold; only a further collapse counts.
     distance_limit = min(settings.min_distance_fraction * reference, 0.8 * start_distance)
+    if not np.isfinite(distance_limit):  # no neighbours within 4 Å: nothing to compare against
+        distance_limit = 0.0
 
     optimizer_class = getattr(optimize, settings.optimizer.upper())
     optimizer = optimizer_class(work, logfile=None)
@@ -159,8 +174,8 @@ def relax(
         last_good = work.copy()
         if on_step is not None:
             on_step(step)
-        distance = min_interatomic_distance(work)
-        if distance < distance_limit:
+        distance = _has_pair_closer_than(work, distance_limit)
+        if distance is not None:
             status = EXPLODED
             message = (
                 f"atoms {distance:.2f} Å apart at step {step} (limit {distance_limit:.2f} Å, "

@@ -154,7 +154,7 @@ class _DefectRun:
         self.report = DefectReport(name=defect.name, ml_directory=self.ml_dir)
         self.provenance: dict[str, Any] = {}
 
-    def run(self, warn_charge_blind: list[bool], position: int) -> DefectReport:
+    def run(self, warn_charge_blind: list[bool]) -> DefectReport:
         from filelock import FileLock, Timeout
 
         check_ml_defect_dir(self.ml_dir, self.defect.name)
@@ -162,22 +162,22 @@ class _DefectRun:
             self.ml_dir.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(self.ml_dir / LOCK_FILE), timeout=0)
             lock.acquire()
-        except PermissionError as exc:
-            raise OutputError(
-                f"Cannot write the ML tree at {self.ml_dir} (permission denied). Pass --output a writable "
-                "directory."
-            ) from exc
         except Timeout as exc:
             raise OutputError(
                 f"Another snb_ml run is relaxing {self.defect.name} into {self.ml_dir} (lock {LOCK_FILE} is "
                 "held). Wait for it to finish, or write to another tree with --output."
             ) from exc
+        except OSError as exc:  # after Timeout (an OSError subclass): read-only, full, a file in the way
+            raise OutputError(
+                f"Cannot write the ML tree at {self.ml_dir} ({exc.strerror or exc}). Pass --output a "
+                "writable directory."
+            ) from exc
         try:
-            return self._run_locked(warn_charge_blind, position)
+            return self._run_locked(warn_charge_blind)
         finally:
             lock.release()
 
-    def _run_locked(self, warn_charge_blind: list[bool], position: int) -> DefectReport:
+    def _run_locked(self, warn_charge_blind: list[bool]) -> DefectReport:
         from tqdm.auto import tqdm
 
         remove_stale_temporaries(self.ml_dir)
@@ -199,7 +199,7 @@ class _DefectRun:
             total=len(folders),
             desc=self.defect.name,
             unit="relax",
-            position=position,
+            mininterval=0.5,
             leave=True,
             disable=not self.settings.progress,
         ) as bar:
@@ -300,7 +300,8 @@ class _DefectRun:
 
     def _classify_high_energy(self, folder: str, result: RelaxResult) -> None:
         reference = self.report.unperturbed_energy
-        if folder == "Unperturbed" or reference is None or result.status == EXPLODED:
+        # Only finished relaxations are judged; an unconverged one is continued on the next run.
+        if folder == "Unperturbed" or reference is None or result.status != CONVERGED:
             return
         excess = result.energy - reference
         if excess > self.settings.relax.high_energy_threshold:
@@ -396,7 +397,7 @@ def run_tree(
     for defect in selected:
         runner = _DefectRun(defect, ml_top, model, settings)
         try:
-            reports.append(runner.run(warn_charge_blind, position=0))
+            reports.append(runner.run(warn_charge_blind))
         except SnbMlError as exc:
             runner.report.error = str(exc)
             reports.append(runner.report)

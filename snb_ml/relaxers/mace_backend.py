@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,28 @@ def _foundation_names() -> list[str]:
     return [name for name in mace_mp_names if name]
 
 
+def offline() -> bool:
+    """True when ``SNB_ML_OFFLINE`` forbids downloads (any value but empty/0/false/no)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _fetch_foundation_model(name: str) -> str:
     """Return a local path for MACE-MP foundation model ``name``, downloading it if allowed."""
-    from mace.calculators.foundations_models import download_mace_mp_checkpoint, mace_mp_urls
+    from mace.calculators.foundations_models import (
+        download_mace_mp_checkpoint,
+        local_model_path,
+        mace_mp_urls,
+    )
     from mace.tools.utils import get_cache_dir
 
+    if name == "medium-mpa-0" and os.path.isfile(local_model_path):  # some installs bundle it
+        return local_model_path
     cached = Path(get_cache_dir()) / "".join(
         c for c in os.path.basename(mace_mp_urls[name]) if c.isalnum() or c == "_"
     )
     if cached.is_file():
         return str(cached)
-    if os.environ.get(OFFLINE_ENV):
+    if offline():
         raise ModelError(
             f"MACE foundation model '{name}' is not cached in {cached.parent} and {OFFLINE_ENV} is set, "
             f"so it will not be downloaded. {_OFFLINE_HELP}"
@@ -49,17 +61,33 @@ def _fetch_foundation_model(name: str) -> str:
         ) from exc
 
 
+def _import_mace() -> Any:
+    # mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported; e3nn then warns about it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+        import mace
+        import mace.calculators  # noqa: F401
+
+    return mace
+
+
 def _load_torch_model(path: str, device: str) -> Any:
-    import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported)
+    _import_mace()
     import torch
 
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        model = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:
         raise ModelError(
             f"Could not read MACE model file '{path}' ({type(exc).__name__}: {exc}). Check that it is a "
-            f"model saved by MACE (e.g. from mace_run_train or snb-ml train). {_OFFLINE_HELP}"
+            f"model saved by MACE (e.g. from mace_run_train). {_OFFLINE_HELP}"
         ) from exc
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers"):
+        raise ModelError(
+            f"'{path}' holds a {type(model).__name__}, not a MACE model (a training checkpoint or state "
+            f"dict?). Pass the .model file that mace_run_train writes. {_OFFLINE_HELP}"
+        )
+    return model
 
 
 def is_charge_aware(model: Any) -> bool:
@@ -92,6 +120,9 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         path = spec
         if not os.access(path, os.R_OK) or Path(path).is_dir():
             raise ModelError(f"MACE model file '{path}' is not a readable file. {_OFFLINE_HELP}")
+    elif os.sep in spec or Path(spec).suffix in (".model", ".pt", ".pth"):
+        # Clearly a path: fail before importing mace to list foundation names.
+        raise ModelError(f"MACE model file '{spec}' does not exist. {_OFFLINE_HELP}")
     elif spec in _foundation_names():
         path = _fetch_foundation_model(spec)
     else:
@@ -100,7 +131,7 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
             f"({', '.join(_foundation_names())}). {_OFFLINE_HELP}"
         )
 
-    import mace
+    mace = _import_mace()
     from mace.calculators import MACECalculator
 
     model = _load_torch_model(path, request.device)
