@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, EMT, run_cli
 
 
@@ -36,8 +35,12 @@ def test_snb_run_relaxer_in_defect_folder_then_shakenbreak_tools(cu_tree):
     assert "E - E_Unperturbed (eV)" in result.stdout and "6/6 converged" in result.stdout
     ml = cu_tree / "ml_tree"
     assert (ml / "v_Cu_0" / "v_Cu_0.yaml").is_file() and not (ml / "v_Cu_-1").exists()
-    for command in (["snb-parse", "-p", str(ml), "-d", "v_Cu_0"], ["snb-analyse", "-p", str(ml)],
-                    ["snb-plot", "-p", str(ml), "-d", "v_Cu_0"], ["snb-groundstate", "-p", str(ml)]):
+    for command in (
+        ["snb-parse", "-p", str(ml), "-d", "v_Cu_0"],
+        ["snb-analyse", "-p", str(ml)],
+        ["snb-plot", "-p", str(ml), "-d", "v_Cu_0"],
+        ["snb-groundstate", "-p", str(ml)],
+    ):
         done = run_cli(command, cu_tree)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
     assert (ml / "v_Cu_0" / "v_Cu_0.csv").is_file()
@@ -115,11 +118,23 @@ def test_read_only_output_directory(tmp_path):
     for path in [work, *work.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     try:
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                   str(BIN / "snb-ml"), "run", "-p", str(work / "tree"), *EMT, "-o", str(work / "readonly" / "ml")]
+        command = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(BIN / "snb-ml"),
+            "run",
+            "-p",
+            str(work / "tree"),
+            *EMT,
+            "-o",
+            str(work / "readonly" / "ml"),
+        ]
         os.chmod(work / "readonly", 0o555)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "HOME": str(work)})
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(work)}
+        )
         assert result.returncode == 1
         assert "Cannot write the ML tree" in result.stdout + result.stderr
         assert "Traceback" not in result.stderr
@@ -131,8 +146,9 @@ def test_read_only_output_directory(tmp_path):
 def test_kill_minus_9_then_rerun_completes(cu_tree):
     # Tight fmax makes each EMT relaxation take long enough to be killed mid-way.
     args = ["snb-ml", "run", "-p", str(cu_tree), *EMT, "--fmax", "1e-5", "--steps", "3000", "--no-progress"]
-    process = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=cu_tree,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]], cwd=cu_tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     provenance = cu_tree / "ml_tree" / "v_Cu_-1" / "snb_ml_provenance.json"
     deadline = time.time() + 300
     while not provenance.exists() and time.time() < deadline and process.poll() is None:
@@ -155,5 +171,6 @@ def test_kill_minus_9_then_rerun_completes(cu_tree):
         assert final[folder] == record  # finished work was kept, not redone
     assert "(cached)" in rerun.stdout
     from ase.io import read
+
     for contcar in (cu_tree / "ml_tree").rglob("CONTCAR"):
         assert len(read(contcar, format="vasp")) == 31

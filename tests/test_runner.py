@@ -16,7 +16,9 @@ EMT_SETTINGS = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progr
 
 
 def emt(**relax):
-    return RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False, relax=RelaxSettings(**relax))
+    return RunSettings(
+        relaxer="ase", model="ase.calculators.emt:EMT", progress=False, relax=RelaxSettings(**relax)
+    )
 
 
 def test_run_writes_tree_shakenbreak_reads(cu_tree):
@@ -102,7 +104,10 @@ def test_high_energy_and_exploded_are_marked_like_shakenbreak(cu_tree):
     assert set(get_energies("v_Cu_0", output_path=str(defect.parent), verbose=False)["distortions"]) == set()
 
     morse = RunSettings(
-        relaxer="ase", model="ase.calculators.morse:MorsePotential", progress=False, force=True,
+        relaxer="ase",
+        model="ase.calculators.morse:MorsePotential",
+        progress=False,
+        force=True,
         calculator_options={"epsilon": 5.0, "r0": 1.0, "rho0": 2.0, "rcut1": 3.0, "rcut2": 4.0},
     )
     report = run_tree(cu_tree / "v_Cu_0", morse, output=cu_tree / "ml_morse")
@@ -135,7 +140,9 @@ def test_lock_blocks_second_run_on_same_defect(cu_tree):
 
 def test_other_settings_are_not_mixed(cu_tree):
     run_tree(cu_tree / "v_Cu_-1", EMT_SETTINGS)
-    other = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False, relax=RelaxSettings(fmax=0.05))
+    other = RunSettings(
+        relaxer="ase", model="ase.calculators.emt:EMT", progress=False, relax=RelaxSettings(fmax=0.05)
+    )
     report = run_tree(cu_tree / "v_Cu_-1", other)
     assert "other settings" in report.defects[0].error
     forced = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False, force=True)
@@ -181,5 +188,8 @@ def test_python_api_returns_structures(cu_tree):
     result = results.defects["v_Cu_0"]
     assert result.charge == 0 and result.directory == cu_tree.resolve() / "ml_tree" / "v_Cu_0"
     assert set(result.structures) == set(result.statuses) and len(result.structures) == 6
-    assert set(result.energies["distortions"]) == {-0.4, -0.2, 0.0, 0.2, 0.4} and "Unperturbed" in result.energies
+    assert (
+        set(result.energies["distortions"]) == {-0.4, -0.2, 0.0, 0.2, 0.4}
+        and "Unperturbed" in result.energies
+    )
     assert "v_Cu_0" in results.summary()

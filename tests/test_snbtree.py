@@ -38,7 +38,9 @@ def test_locate_errors(tmp_path, cu_tree):
 
 
 def test_high_energy_folders_are_not_inputs(cu_tree):
-    (cu_tree / "v_Cu_0" / "Bond_Distortion_40.0%").rename(cu_tree / "v_Cu_0" / "Bond_Distortion_40.0%_High_Energy")
+    (cu_tree / "v_Cu_0" / "Bond_Distortion_40.0%").rename(
+        cu_tree / "v_Cu_0" / "Bond_Distortion_40.0%_High_Energy"
+    )
     _, (defect,) = locate_defects(cu_tree / "v_Cu_0")
     assert "Bond_Distortion_40.0%_High_Energy" not in defect.distortion_folders()
 
@@ -56,7 +58,9 @@ def test_charge_from_metadata_and_error(tmp_path):
     folder.mkdir()
     with pytest.raises(InputError, match="Cannot tell the charge.*--charge"):
         parse_charge(DefectInput("vacancy", folder))
-    (folder / "distortion_metadata.json").write_text(json.dumps({"defects": {"v_Cd": {"charges": {"-1": {}}}}}))
+    (folder / "distortion_metadata.json").write_text(
+        json.dumps({"defects": {"v_Cd": {"charges": {"-1": {}}}}})
+    )
     assert parse_charge(DefectInput("vacancy", folder)) == -1
 
 
@@ -83,7 +87,12 @@ def test_other_codes_inputs_are_read(tmp_path, cu_tree):
 def test_yaml_is_read_by_shakenbreak(tmp_path):
     from shakenbreak.analysis import _sort_data, get_energies
 
-    energies = {"Unperturbed": -10.0, "Bond_Distortion_-30.0%": -10.5, "Bond_Distortion_0.0%": -10.1, "Rattled": -9.9}
+    energies = {
+        "Unperturbed": -10.0,
+        "Bond_Distortion_-30.0%": -10.5,
+        "Bond_Distortion_0.0%": -10.1,
+        "Rattled": -9.9,
+    }
     defect_dir = tmp_path / "v_X_0"
     write_energies_yaml(defect_dir, "v_X_0", energies)
     document, energy_diff, gs = _sort_data(str(defect_dir / "v_X_0.yaml"), verbose=False)
