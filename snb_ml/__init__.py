@@ -5,7 +5,6 @@ everything heavy is imported lazily on first use.
 """
 
 from importlib import import_module
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -13,6 +12,7 @@ _LAZY = {
     "hookimpl": ("snb_ml.hookspecs", "hookimpl"),
     "relax_distortions": ("snb_ml.api", "relax_distortions"),
     "relax_tree": ("snb_ml.api", "relax_tree"),
+    "relax_defect_entries": ("snb_ml.api", "relax_defect_entries"),
     "get_relaxer": ("snb_ml.plugins", "get_relaxer"),
     "get_relaxers": ("snb_ml.plugins", "get_relaxers"),
     "RunSettings": ("snb_ml.settings", "RunSettings"),
@@ -21,7 +21,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         module_name, attribute = _LAZY[name]
         return getattr(import_module(module_name), attribute)

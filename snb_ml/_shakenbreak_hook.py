@@ -6,8 +6,6 @@ to switch it off.
 
 import os
 import sys
-import warnings
-from importlib.abc import MetaPathFinder
 
 TARGET = "shakenbreak.cli"
 DISABLE_ENV = "SNB_ML_DISABLE_SNB_HOOK"
@@ -19,10 +17,12 @@ def _extend(module) -> None:
 
         extend_run_command(module)
     except Exception as exc:  # never break ShakeNBreak itself
+        import warnings
+
         warnings.warn(f"snb_ml could not add --relaxer to snb-run: {exc!r}", stacklevel=2)
 
 
-class _ShakeNBreakCliFinder(MetaPathFinder):
+class _ShakeNBreakCliFinder:  # a meta path finder needs only find_spec
     """Wraps the loader of ``shakenbreak.cli`` so the module is extended right after it executes."""
 
     def find_spec(self, fullname, path, target=None):

@@ -187,3 +187,33 @@ def _rewrite_input_path(ml_directory: Path) -> None:
         provenance = json.loads(provenance_file.read_text())
         provenance["input_directory"] = "(in-memory Distortions dictionary)"
         write_text(provenance_file, json.dumps(provenance, indent=2, default=str))
+
+
+def relax_defect_entries(
+    defect_entries: Any,
+    relaxer: str = "chgnet",
+    model: str | None = None,
+    output: str | Path = "ml_tree",
+    distortion_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> RelaxationResults:
+    """Apply ShakeNBreak distortions to doped ``DefectEntry`` objects and relax them with an MLFF.
+
+    Args:
+        defect_entries: What ShakeNBreak's ``Distortions`` accepts: a list or dict of doped
+            ``DefectEntry`` objects (e.g. ``DefectsGenerator(...)`` values).
+        relaxer: Relaxer backend name.
+        model: Model path/name for the backend.
+        output: ML tree folder.
+        distortion_options: Keyword arguments for ``shakenbreak.input.Distortions`` (e.g.
+            ``bond_distortions=[-0.4, 0.0, 0.4]``).
+        **options: As for :func:`relax_tree`.
+
+    Returns:
+        Relaxed structures, energies and the ML tree path.
+    """
+    from shakenbreak.input import Distortions
+
+    distortions = Distortions(defect_entries, **(distortion_options or {}))
+    distortion_dict, _ = distortions.apply_distortions(verbose=False)
+    return relax_distortions(distortion_dict, relaxer=relaxer, model=model, output=output, **options)

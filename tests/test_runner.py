@@ -193,3 +193,35 @@ def test_python_api_returns_structures(cu_tree):
         and "Unperturbed" in result.energies
     )
     assert "v_Cu_0" in results.summary()
+
+
+def test_distortion_dict_and_defect_entries_api(tmp_path):
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from shakenbreak.input import Distortions
+
+    from snb_ml.api import relax_defect_entries, relax_distortions
+
+    host = AseAtomsAdaptor.get_structure(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2))
+    vacancy = host.copy()
+    vacancy.remove_sites([0])
+    options = {"oxidation_states": {"Cu": 1}, "bond_distortions": [-0.3, 0.3], "padding": 0}
+    distortions = Distortions.from_structures([vacancy], bulk=host, **options)
+    distortion_dict, _ = distortions.apply_distortions(verbose=False)
+    emt = {"relaxer": "ase", "model": "ase.calculators.emt:EMT", "progress": False}
+    results = relax_distortions(distortion_dict, output=tmp_path / "from_dict", **emt)
+    (name,) = results.defects
+    assert name.endswith("_0") and results.defects[name].statuses == {
+        "Unperturbed": "converged",
+        "Bond_Distortion_-30.0%": "converged",
+        "Bond_Distortion_30.0%": "converged",
+    }
+    # doped DefectEntry objects (as made by DefectsGenerator) go through ShakeNBreak's Distortions
+    entries = list(distortions.defects_dict.values())[0]
+    again = relax_defect_entries(
+        entries,
+        output=tmp_path / "from_entries",
+        distortion_options={"bond_distortions": [-0.3], "oxidation_states": {"Cu": 1}},
+        **emt,
+    )
+    assert set(again.defects[name].statuses) == {"Unperturbed", "Bond_Distortion_-30.0%"}
