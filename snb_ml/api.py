@@ -22,6 +22,7 @@ class DefectResult:
         energies: ShakeNBreak-style energies (``{"distortions": {...}, "Unperturbed": E}``).
         structures: Relaxed pymatgen structures by distortion folder name.
         statuses: ``converged``/``unconverged``/``high_energy``/``exploded``/``error`` by folder.
+        reused: True for distortions whose results came from an earlier run.
         directory: The defect's folder in the ML tree.
     """
 
@@ -30,6 +31,7 @@ class DefectResult:
     energies: dict[str, Any]
     structures: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
+    reused: dict[str, bool] = field(default_factory=dict)
     directory: Path | None = None
 
 
@@ -55,9 +57,10 @@ def _collect(report: RunReport) -> RelaxationResults:
 
     defects = {}
     for defect in report.defects:
-        energies, structures, statuses = {}, {}, {}
+        energies, structures, statuses, reused = {}, {}, {}, {}
         for folder, record in defect.records.items():
             statuses[folder] = record.status
+            reused[folder] = record.skipped
             if record.energy is not None and record.status in ("converged", "unconverged"):
                 energies[folder] = record.energy
             contcar = (defect.ml_directory or Path()) / (record.output_folder or folder) / "CONTCAR"
@@ -69,6 +72,7 @@ def _collect(report: RunReport) -> RelaxationResults:
             energies=energies_document(energies),
             structures=structures,
             statuses=statuses,
+            reused=reused,
             directory=defect.ml_directory,
         )
     return RelaxationResults(ml_tree=report.ml_tree, defects=defects, report=report)
@@ -114,23 +118,29 @@ def _folder_name(defect: str, charge: int) -> str:
     return f"{defect}_{charge:+d}" if charge else f"{defect}_0"
 
 
-def write_distortion_tree(distortion_dict: dict, directory: str | Path) -> Path:
+def write_distortion_tree(distortion_dict: dict, directory: str | Path, metadata: dict | None = None) -> Path:
     """Write ``Distortions.apply_distortions()`` output as a ShakeNBreak tree of POSCARs.
 
     Args:
         distortion_dict: ``{defect: {"charges": {q: {"structures": {"Unperturbed": S,
             "distortions": {"Bond_Distortion_-30.0%": S, ...}}}}}}``.
         directory: Where to write ``{defect}_{q}/{distortion}/POSCAR``.
+        metadata: The distortion metadata returned alongside, written as ``distortion_metadata.json``
+            at the top and in each defect folder (ShakeNBreak's plot labels and site analysis read it).
 
     Returns:
         The directory.
     """
+    import json
+
     from pymatgen.io.vasp import Poscar
 
     from snb_ml.atomic import write_text
     from snb_ml.errors import InputError
 
     directory = Path(directory)
+    if metadata is not None:
+        write_text(directory / "distortion_metadata.json", json.dumps(metadata, indent=2, default=str))
     for defect, entry in distortion_dict.items():
         if "charges" not in entry:
             raise InputError(
@@ -139,6 +149,8 @@ def write_distortion_tree(distortion_dict: dict, directory: str | Path) -> Path:
         for charge, charge_entry in entry["charges"].items():
             structures = charge_entry["structures"]
             folder = directory / _folder_name(defect, int(charge))
+            if metadata is not None:
+                write_text(folder / "distortion_metadata.json", json.dumps(metadata, indent=2, default=str))
             named = {"Unperturbed": structures["Unperturbed"], **structures.get("distortions", {})}
             for name, structure in named.items():
                 label = name if isinstance(name, str) else f"Bond_Distortion_{round(name * 100, 1) + 0}%"
@@ -149,7 +161,7 @@ def write_distortion_tree(distortion_dict: dict, directory: str | Path) -> Path:
 
 
 def relax_distortions(
-    distortion_dict: dict,
+    distortion_dict: dict | tuple,
     relaxer: str = "chgnet",
     model: str | None = None,
     output: str | Path = "ml_tree",
@@ -158,7 +170,8 @@ def relax_distortions(
     """Relax the structures of ``Distortions.apply_distortions()`` and write them as an ML tree.
 
     Args:
-        distortion_dict: The first element returned by ``Distortions.apply_distortions()``.
+        distortion_dict: What ``Distortions.apply_distortions()`` returns: the ``(structures,
+            metadata)`` tuple (the metadata is then written to the ML tree), or just its first element.
         relaxer: Relaxer backend name.
         model: Model path/name for the backend.
         output: ML tree folder; rerunning with the same folder reuses finished relaxations.
@@ -167,8 +180,11 @@ def relax_distortions(
     Returns:
         Relaxed structures, energies and the ML tree path.
     """
+    metadata = None
+    if isinstance(distortion_dict, tuple):
+        distortion_dict, metadata = distortion_dict
     with tempfile.TemporaryDirectory(prefix="snb_ml_inputs_") as staging:
-        write_distortion_tree(distortion_dict, staging)
+        write_distortion_tree(distortion_dict, staging, metadata)
         report = run_tree(staging, _settings(relaxer, model, dict(options)), output=output)
         for defect in report.defects:
             if defect.ml_directory is not None:
@@ -215,5 +231,5 @@ def relax_defect_entries(
     from shakenbreak.input import Distortions
 
     distortions = Distortions(defect_entries, **(distortion_options or {}))
-    distortion_dict, _ = distortions.apply_distortions(verbose=False)
-    return relax_distortions(distortion_dict, relaxer=relaxer, model=model, output=output, **options)
+    distorted = distortions.apply_distortions(verbose=False)
+    return relax_distortions(distorted, relaxer=relaxer, model=model, output=output, **options)

@@ -129,6 +129,7 @@ def settings_from_options(options: dict[str, Any]):
         charge=options.get("charge"),
         force=bool(options.get("force")),
         progress=bool(options.get("progress", True)),
+        threads=options.get("threads"),
     )
 
 

@@ -105,6 +105,10 @@ def load_model(settings: RunSettings) -> LoadedModel:
     from snb_ml.plugins import get_relaxer
 
     backend = get_relaxer(settings.relaxer)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     request = CalculatorRequest(
         model=settings.model,
         head=settings.head,
@@ -165,7 +169,7 @@ class _DefectRun:
         except Timeout as exc:
             raise OutputError(
                 f"Another snb_ml run is relaxing {self.defect.name} into {self.ml_dir} (lock {LOCK_FILE} is "
-                "held). Wait for it to finish, or write to another tree with --output."
+                "held). Wait for it to finish, or write to another tree (--output / output=)."
             ) from exc
         except OSError as exc:  # after Timeout (an OSError subclass): read-only, full, a file in the way
             raise OutputError(
@@ -178,7 +182,10 @@ class _DefectRun:
             lock.release()
 
     def _run_locked(self, warn_charge_blind: list[bool]) -> DefectReport:
-        from tqdm.auto import tqdm
+        if self.settings.progress:
+            from tqdm.auto import tqdm
+        else:  # tqdm.auto warns in notebooks without ipywidgets even for a disabled bar
+            from tqdm.std import tqdm
 
         remove_stale_temporaries(self.ml_dir)
         charge = self.settings.charge if self.settings.charge is not None else parse_charge(self.defect)
@@ -215,7 +222,8 @@ class _DefectRun:
         if previous and previous.get("signature") != signature and not self.settings.force:
             raise OutputError(
                 f"{self.ml_dir} holds results of other settings ({previous.get('signature')}); this run "
-                f"uses {signature}. Write to another tree with --output, or pass --force to redo them."
+                f"uses {signature}. Write to another tree (--output / output=), or redo them "
+                "(--force / force=True)."
             )
         self.provenance = {
             "snb_ml_version": __version__,
@@ -389,7 +397,8 @@ def run_tree(
     ml_top = Path(output).resolve() if output else default_ml_tree(top)
     if ml_top == top.resolve() or any(ml_top == d.directory.resolve() for d in selected):
         raise OutputError(
-            f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder with --output."
+            f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder "
+            "(--output / output=)."
         )
     model = model or load_model(settings)
     warn_charge_blind = [True]

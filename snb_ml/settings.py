@@ -23,6 +23,8 @@ class RunSettings:
         charge: Override for the defect charge (otherwise read from the folder name).
         force: Redo distortions that already have results, and accept a different model.
         progress: Show progress bars.
+        threads: CPU threads for torch (``None``: torch's default). Use 1 per process when several
+            runs share the cores; oversubscribed cores slow model calls by an order of magnitude.
     """
 
     relaxer: str = "chgnet"
@@ -35,6 +37,7 @@ class RunSettings:
     charge: int | None = None
     force: bool = False
     progress: bool = True
+    threads: int | None = None
 
     def signature(self) -> dict[str, Any]:
         """The settings that make results comparable; a rerun with other values refuses to mix them."""

@@ -117,7 +117,7 @@ def parse_charge(defect: DefectInput) -> int:
     raise InputError(
         f"Cannot tell the charge of defect folder '{defect.directory}': its name does not end in the "
         "charge (like v_Cd_-1 or Te_i_C3v_+2) and its distortion_metadata.json lists no single charge. "
-        "Rename the folder or pass --charge."
+        "Rename the folder or pass the charge (--charge / charge=)."
     )
 
 
@@ -194,11 +194,11 @@ def check_ml_defect_dir(ml_defect_dir: Path, defect: str) -> None:
     if yaml_file.exists() and not (ml_defect_dir / PROVENANCE_FILE).exists():
         raise OutputError(
             f"{yaml_file} exists but was not written by snb_ml, so it holds DFT energies; ML energies "
-            "are never written into it. Choose another ML tree with --output."
+            "are never written into it. Choose another ML tree (--output / output=)."
         )
     for child in ml_defect_dir.iterdir():
         if child.is_dir() and any((child / name).exists() for name in DFT_OUTPUTS):
             raise OutputError(
                 f"{child} holds DFT output files; the ML tree must be separate from the DFT tree. "
-                "Choose another ML tree with --output."
+                "Choose another ML tree (--output / output=)."
             )

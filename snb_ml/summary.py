@@ -21,7 +21,8 @@ def summary_rows(report: RunReport) -> list[list]:
                 delta = f"{record.energy - reference:+.3f}"
             status = record.status + (" (cached)" if record.skipped else "")
             note = record.message[:80] if record.status != "converged" else ""
-            rows.append([defect.name, folder, delta, status, record.steps, f"{record.seconds:.1f}", note])
+            seconds = "-" if record.skipped else f"{record.seconds:.1f}"  # no time spent this run
+            rows.append([defect.name, folder, delta, status, record.steps, seconds, note])
     return rows
 
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# pytest -n 2 on 2 cores: one torch/OpenMP thread per worker (and per CLI subprocess) avoids
+# oversubscription, which slows CHGNet/MACE calls by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 DATA = Path(__file__).parent / "data"
 EMT = ["--relaxer", "ase", "--model", "ase.calculators.emt:EMT"]
 BIN = Path(sys.executable).parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -40,7 +41,10 @@ def test_tutorial_runs(notebook: Path, tmp_path: Path) -> None:
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    client.execute()  # raises CellExecutionError on the first failing cell
+    # One torch thread per kernel unless the caller says otherwise: a 63-atom CHGNet step gains little
+    # from intra-op threads, and oversubscribed cores (xdist workers, shared CI) slow torch >10x.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    client.execute(env=env)  # raises CellExecutionError on the first failing cell
 
     errors = [
         output

@@ -1,0 +1,1 @@
+"""Structure-based selection of distinct ML minima for DFT."""
