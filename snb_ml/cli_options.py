@@ -28,6 +28,7 @@ ML_PARAMETER_NAMES = (
     "output",
     "force",
     "progress",
+    "threads",
 )
 
 
@@ -100,6 +101,12 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
         ),
         click.Option(
             ["--progress/--no-progress"], default=True, show_default=True, help="Show progress bars."
+        ),
+        click.Option(
+            ["--threads"],
+            default=None,
+            type=click.IntRange(min=1),
+            help="CPU threads for torch (1 per process when several runs share the cores).",
         ),
     ]
 
