@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,9 @@ def _read_atoms(path: Path, fmt: str | None = None):
     from ase.io import read
 
     try:
-        return read(str(path), format=fmt)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="FHI-aims IO is moving")
+            return read(str(path), format=fmt)
     except Exception as exc:
         raise InputError(f"Cannot read {path} ({type(exc).__name__}: {exc}).") from exc
 
@@ -261,10 +264,16 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
         )
     provenance = json.loads(provenance_file.read_text())
     files, sources = {}, {}
+    recorded = {entry["folder"] for entry in (previous or {}).get("replaced", [])}
     for name in selected:
         location = folders[name]
         files[name] = _structure_file(location)
         original_file = location / (files[name] + ORIGINAL_SUFFIX)
+        if original_file.exists() and name not in recorded:
+            raise OutputError(
+                f"{original_file} exists but no {RECORD_FILE} lists it; snb_ml will not overwrite it. "
+                "Move it away (or restore it as the structure file) and run the hand-off again."
+            )
         if not original_file.is_file():
             original_file = location / files[name]
         original = _read_atoms(original_file, dict(STRUCTURE_INPUTS)[files[name]])
@@ -280,6 +289,13 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
             _check_undo(directory, previous)
         for name in [*selected, *moved]:
             _refuse_if_dft_output(folders[name], "move or modify")
+        held = {entry["folder"] for entry in (previous or {}).get("moved", [])}
+        for name in moved:
+            if (directory / HOLDING_FOLDER / name).exists() and name not in held:
+                raise OutputError(
+                    f"{directory / HOLDING_FOLDER / name} already exists, so {name} cannot be moved there. "
+                    "Move it away and run the hand-off again."
+                )
     return _Plan(defect, directory, selected, moved, kept, files, sources, fingerprint, previous)
 
 
@@ -300,7 +316,9 @@ def _structure_text(folder: str, file_name: str, contcar: Path, original: Path) 
         if file_name == "geometry.in":
             from ase.io import write
 
-            write(str(path), structure.to_ase_atoms(), format="aims", info_str=folder)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="FHI-aims IO is moving")
+                write(str(path), structure.to_ase_atoms(), format="aims", info_str=folder)
         else:  # structure.cif, as ShakeNBreak's write_cp2k_files
             structure.to(filename=str(path), fmt="cif")
         return path.read_bytes()
@@ -310,6 +328,8 @@ def _keep_original(original: Path, backup: Path) -> None:
     """Keep ``original`` as ``backup`` (a hard link; a byte copy where links are not supported)."""
     try:
         os.link(original, backup)
+    except FileExistsError:
+        raise
     except OSError:
         with atomic_path(backup) as temporary:
             shutil.copyfile(original, temporary)

@@ -15,8 +15,10 @@ each then rattled like ShakeNBreak does (``shakenbreak.distortions.rattle`` on e
 in the Unperturbed structure. These names are read by ShakeNBreak as distortions "from" another
 origin (the ``_from_`` labels it uses for other charge states), so ``snb-parse``/``snb-analyse``/
 ``snb-plot`` and ``snb_ml``'s relaxer accept the tree unchanged; plots show them as imported points
-labelled ``From pair{i}-{j}``. Keep one charge state per pair tree: ShakeNBreak's cross-charge
-ground-state comparison reads the text after ``_from_`` as a charge.
+labelled ``From pair{i}-{j}``. One caveat: when ``get_energy_lowering_distortions`` compares several
+charge states of a defect and a pair distortion is a ground state not found in another charge state,
+ShakeNBreak parses the text after ``_from_`` as a charge (``int``), which fails; compare charge states
+of pair trees one at a time.
 """
 
 from __future__ import annotations
@@ -288,6 +290,9 @@ def pair_distortions(
     """
     from shakenbreak.distortions import rattle
 
+    bad = [d for d in bond_distortions if d <= -1]
+    if bad:
+        raise InputError(f"Bond distortions {bad} would put atoms on the defect site; use values > -1.")
     structure = _plain(structure)
     pairs = unique_pairs(structure, site_index, frac_coords, num_neighbours, symprec)
     stdev = _default_stdev(structure) if stdev is None else float(stdev)
@@ -298,8 +303,6 @@ def pair_distortions(
     distortions, folders, omitted = {}, {}, {}
     for pair in pairs:
         for distortion in plans:
-            if not isinstance(distortion, str) and distortion <= -1:
-                raise InputError(f"Bond distortion {distortion} would put atoms on the defect; use > -1.")
             name = pair_folder_name(pair.label, distortion)
             seed = 0 if isinstance(distortion, str) else int((1 + distortion) * 100)
             distorted = _distorted(structure, pair, distortion, site_index, frac_coords, dimer_distance)
@@ -347,6 +350,25 @@ def _read_metadata(defect_dir: Path) -> dict[str, Any]:
     )
 
 
+def _locate_site(structure, unique_site, defect_dir: Path) -> tuple[str, Any]:
+    """``("site_index", i)`` for the atom at ShakeNBreak's ``unique_site``, else ``("frac_coords", site)``.
+
+    The metadata's ``defect_site_index`` refers to doped's structure, not to the written POSCAR (which
+    may be sorted by element), so the defect atom is found by its coordinates.
+    """
+    site = np.asarray(unique_site, dtype=float)
+    delta = structure.frac_coords - site
+    delta -= np.round(delta)
+    distances = np.linalg.norm(delta @ structure.lattice.matrix, axis=1)
+    close = np.flatnonzero(distances < 0.2)
+    if len(close) > 1:
+        raise InputError(
+            f"Several atoms of {defect_dir}/Unperturbed sit at the defect site {list(site)}; call "
+            "pair_distortions with site_index instead."
+        )
+    return ("site_index", int(close[0])) if len(close) else ("frac_coords", site)
+
+
 def pair_distortions_from_folder(defect_dir: str | Path, **options: Any) -> dict[str, Any]:
     """:func:`pair_distortions` for a ShakeNBreak defect folder (its Unperturbed structure and metadata).
 
@@ -372,11 +394,8 @@ def pair_distortions_from_folder(defect_dir: str | Path, **options: Any) -> dict
             f"{METADATA_FILE} for {defect_dir} lists {', '.join(entries) or 'no defects'}, none named "
             f"'{key}'. Call pair_distortions with site_index/frac_coords instead."
         )
-    entry = entries[key]
-    if entry.get("defect_site_index") is not None:
-        options.setdefault("site_index", int(entry["defect_site_index"]))
-    else:
-        options.setdefault("frac_coords", entry["unique_site"])
+    site = _locate_site(structure, entries[key]["unique_site"], defect_dir)
+    options.setdefault(*site)
     stdev = metadata.get("distortion_parameters", {}).get("mc_rattle_parameters", {}).get("stdev")
     if stdev is not None:
         options.setdefault("stdev", stdev)
