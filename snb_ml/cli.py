@@ -6,6 +6,7 @@ import click
 
 from snb_ml import __version__
 from snb_ml.cli_options import ml_parameters, run_from_cli
+from snb_ml.cli_select import pairs, select
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -61,3 +62,7 @@ def plugins() -> None:
     click.echo("")
     for name, backend in sorted(relaxers.items()):
         click.echo(f"  {name:<10} {backend.description}")
+
+
+main.add_command(select)
+main.add_command(pairs)

@@ -13,14 +13,20 @@ Where the centre is:
   ``CONTCAR`` (written unsorted, so indices are kept) is the centre, so an interstitial that moves to
   another site is described where it ends up, not where it started.
 * **Vacancies** have no atom to follow. The centre is ``unique_site`` moved by the mean displacement
-  of its nearest-neighbour shell (found in the Unperturbed structure, followed by index into each
-  relaxed structure). This recentring is on by default because the fixed site of the unrelaxed
-  supercell is not a point of the relaxed one: the whole supercell can drift rigidly during a
-  relaxation (ShakeNBreak's rattle has a non-zero mean displacement), and the shell's centroid moves
-  with it. For a symmetric (breathing) relaxation the centroid *is* the site, so nothing changes;
-  for a reconstruction, the centroid moves by only ``1/len(shell)`` of the displacements, so the
-  reconstruction itself still shows in the SOAP vector. Pass ``recentre_vacancy=False`` to use the
-  fixed site.
+  (relaxed minus Unperturbed position) of its nearest-neighbour shell, found in the Unperturbed
+  structure and followed by index. This recentring is on by default because the fixed site of the
+  unrelaxed supercell is not a point of the relaxed one: the whole supercell can drift rigidly
+  during a relaxation (ShakeNBreak rattles every atom, with a non-zero mean), and the shell moves
+  with it. For a symmetric (breathing) relaxation the mean displacement is zero, so nothing
+  changes; for a reconstruction it is only ``1/len(shell)`` of the displacements, so the
+  reconstruction itself still shows in the SOAP vector. Pass ``recentre_vacancy=False`` to use
+  the fixed site.
+
+  If an atom ends closer to the vacancy site than to its own Unperturbed position, the vacancy
+  has *moved*: a strongly compressed neighbour often hops into the empty site (seen for EMT V_Cu
+  at -60 %). The vacancy is then taken at that atom's Unperturbed position (recentred on the shell
+  of that position), so a hop to an equivalent site gives the same fingerprint as no hop, while a
+  hop that makes a different defect (e.g. an antisite-vacancy pair in a compound) does not.
 
 With ``include_neighbours=True`` the fingerprint is the unit-normalised site vector concatenated with
 the unit-normalised mean SOAP vector of the distorted neighbours (``distorted_atoms`` of the
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import METADATA_FILE, PROVENANCE_FILE, read_input_structure
+from snb_ml.snbtree import METADATA_FILE, PROVENANCE_FILE, STRUCTURE_INPUTS, read_input_structure
 
 SITE_TOLERANCE = 0.5  # Å: an atom this close to unique_site in Unperturbed sits on the defect site
 SHELL_TOLERANCE = 1.15  # nearest-neighbour shell: atoms within this factor of the closest distance
@@ -50,6 +56,10 @@ _CHARGE_SUFFIX = re.compile(r"_([+-]?\d+)$")
 @dataclass(frozen=True)
 class SoapParameters:
     """SOAP settings (dscribe 2.1 argument names).
+
+    The defaults are those the selection threshold was calibrated with (see
+    :mod:`snb_ml.minima.selection`): a 0.3 Å width separates distinct basins 14 times further apart
+    than the noise within one, where 1.0 Å cannot tell an octahedral from a tetrahedral interstitial.
 
     Attributes:
         r_cut: Cutoff radius in Å.
@@ -61,7 +71,7 @@ class SoapParameters:
     r_cut: float = 5.0
     n_max: int = 10
     l_max: int = 10
-    sigma: float = 1.0
+    sigma: float = 0.3
 
     def __post_init__(self) -> None:
         if self.r_cut <= 0 or self.sigma <= 0 or self.n_max < 1 or self.l_max < 0:
@@ -84,6 +94,7 @@ class DefectSite:
         atom_index: Index of the defect atom (substitutions, interstitials); ``None`` for vacancies.
         shell: Indices of the nearest-neighbour shell of the site in the Unperturbed structure.
         neighbours: Indices used by ``include_neighbours`` (``distorted_atoms``, else ``shell``).
+        reference: Cartesian positions of the Unperturbed structure (to find a moved vacancy).
     """
 
     name: str
@@ -91,6 +102,7 @@ class DefectSite:
     atom_index: int | None
     shell: tuple[int, ...]
     neighbours: tuple[int, ...]
+    reference: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros((0, 3)))
 
     @property
     def is_vacancy(self) -> bool:
@@ -182,7 +194,7 @@ def read_unperturbed(ml_defect_dir: str | Path) -> Atoms:
     if provenance.get("input_directory"):
         candidates.append(Path(provenance["input_directory"]) / "Unperturbed")
     for candidate in candidates:
-        if candidate.is_dir() and any((candidate / name).is_file() for name in ("POSCAR", "geometry.in")):
+        if candidate.is_dir() and any((candidate / name).is_file() for name, _ in STRUCTURE_INPUTS):
             return read_input_structure(candidate)
     raise InputError(
         f"Cannot identify the defect site of {directory}: no Unperturbed structure in "
@@ -192,10 +204,11 @@ def read_unperturbed(ml_defect_dir: str | Path) -> Atoms:
 
 
 def _mic_vectors(atoms: Atoms, origin: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+    """Minimum-image vectors from ``origin`` (one point, or one per atom) to the atoms' positions."""
     from ase.geometry import find_mic
 
     positions = atoms.positions if indices is None else atoms.positions[indices]
-    vectors, _ = find_mic(positions - origin, atoms.cell, pbc=atoms.pbc)
+    vectors, _ = find_mic(positions - origin, atoms.cell, pbc=True)
     return vectors
 
 
@@ -248,11 +261,9 @@ def identify_defect_site(ml_defect_dir: str | Path, unperturbed: Atoms | None = 
             f"atom is within {SITE_TOLERANCE} Å of it. Check that distortion_metadata.json belongs to "
             "this Unperturbed structure (regenerate both with snb-generate)."
         )
-    others = np.array([i for i in range(len(atoms)) if i != atom_index])
-    if others.size == 0:
+    if len(atoms) < 2:
         raise InputError(f"The Unperturbed structure of {directory} has no atoms around the defect site.")
-    shell_distances = distances[others]
-    shell = tuple(int(i) for i in others[shell_distances <= SHELL_TOLERANCE * shell_distances.min()])
+    shell = _shell(atoms, origin, exclude=atom_index)
     neighbours = _valid_neighbours(charge_entry, atoms, atom_index) or shell
     return DefectSite(
         name=name,
@@ -260,7 +271,16 @@ def identify_defect_site(ml_defect_dir: str | Path, unperturbed: Atoms | None = 
         atom_index=atom_index,
         shell=shell,
         neighbours=neighbours,
+        reference=atoms.positions.copy(),
     )
+
+
+def _shell(atoms: Atoms, origin: np.ndarray, exclude: int | None) -> tuple[int, ...]:
+    """Indices of the nearest-neighbour shell of ``origin`` (within SHELL_TOLERANCE x closest)."""
+    distances = np.linalg.norm(_mic_vectors(atoms, origin), axis=1)
+    if exclude is not None:
+        distances[exclude] = np.inf
+    return tuple(int(i) for i in np.flatnonzero(distances <= SHELL_TOLERANCE * distances.min()))
 
 
 def defect_centre(atoms: Atoms, site: DefectSite, recentre_vacancy: bool = True) -> np.ndarray:
@@ -274,9 +294,25 @@ def defect_centre(atoms: Atoms, site: DefectSite, recentre_vacancy: bool = True)
     if site.atom_index is not None:
         return atoms.positions[site.atom_index].copy()
     origin = atoms.cell.cartesian_positions(np.asarray(site.frac_coords))
-    if not recentre_vacancy or not site.shell:
+    shell: tuple[int, ...] = site.shell
+    if len(site.reference) == len(atoms):
+        to_site = np.linalg.norm(_mic_vectors(atoms, origin), axis=1)
+        moved = _mic_vectors(atoms, site.reference)
+        hopped = int(np.argmin(to_site))
+        if to_site[hopped] < np.linalg.norm(moved[hopped]):  # closer to the vacancy than to its own site
+            origin = site.reference[hopped].copy()
+            shell = _shell(_reference_atoms(atoms, site), origin, exclude=hopped)
+    if not recentre_vacancy or not shell or len(site.reference) != len(atoms):
         return origin
-    return origin + _mic_vectors(atoms, origin, np.asarray(site.shell)).mean(axis=0)
+    indices = np.asarray(shell)
+    displacements = _mic_vectors(atoms, site.reference[indices], indices)
+    return origin + displacements.mean(axis=0)
+
+
+def _reference_atoms(atoms: Atoms, site: DefectSite) -> Atoms:
+    reference = atoms.copy()
+    reference.positions = site.reference
+    return reference
 
 
 class DefectFingerprinter:

@@ -1,0 +1,139 @@
+"""``snb-ml select`` (SOAP minima selection + DFT hand-off) and ``snb-ml pairs`` (pair distortions)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from snb_ml.errors import SnbMlError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.command("select", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--path",
+    "-p",
+    "ml_tree",
+    default="ml_tree",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="ML tree written by `snb-run --relaxer` / `snb-ml run`.",
+)
+@click.option("--defect", "-d", multiple=True, help="Defect folder(s) (default: all in the ML tree).")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Cosine-distance threshold of one basin [calibrated default].",
+)
+@click.option(
+    "--window",
+    type=float,
+    default=None,
+    help="Energy window (eV above the lowest ML minimum); default: none.",
+)
+@click.option("--neighbours", is_flag=True, help="Also fingerprint the distorted neighbour shell.")
+@click.option(
+    "--dft-tree",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Prepare this snb-generate tree for DFT: representatives start from their ML structure, the rest "
+    "are moved aside (reversible with --undo).",
+)
+@click.option("--undo", is_flag=True, help="Undo the DFT hand-off in --dft-tree (byte-identical restore).")
+def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> None:
+    """Group ML minima by defect-site SOAP and pick one representative per distinct basin for DFT."""
+    from snb_ml.handoff import prepare_dft_tree, undo_handoff
+
+    try:
+        if undo:
+            if not dft_tree:
+                raise click.UsageError("--undo needs --dft-tree, the tree to restore.")
+            restored = undo_handoff(Path(dft_tree), list(defect) or None)
+            click.echo(f"Restored {', '.join(restored)} in {dft_tree}.")
+            return
+        from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
+
+        selection = select_tree(
+            ml_tree,
+            list(defect) or None,
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            window=window,
+            include_neighbours=neighbours,
+        )
+        click.echo(selection.table())
+        if dft_tree and selection.defects:
+            chosen = {name: s.selected for name, s in selection.defects.items()}
+            record = prepare_dft_tree(Path(dft_tree), Path(ml_tree), chosen)
+            click.echo("\nDFT hand-off:\n" + record.summary())
+            click.echo(
+                f"Submit with plain `snb-run` in {dft_tree}; "
+                f"undo with `snb-ml select --undo --dft-tree {dft_tree}`."
+            )
+    except SnbMlError as exc:
+        _fail(exc)
+    if selection.failed:
+        _fail(SnbMlError("some defects could not be selected (see above); the others are done."))
+
+
+@click.command("pairs", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--path",
+    "-p",
+    "defect_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A defect folder written by snb-generate (holding Unperturbed/ and distortion_metadata.json).",
+)
+@click.option(
+    "--output",
+    "-o",
+    default="pairs_tree",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Top-level folder of the pair tree (relax it with `snb-ml run -p` or `snb-run --relaxer`).",
+)
+@click.option(
+    "--bond-distortions",
+    default="-0.6,-0.5,-0.4,-0.3,-0.2",
+    show_default=True,
+    help="Comma-separated bond distortions applied to each pair.",
+)
+@click.option(
+    "--dimer-distance", type=float, default=2.0, show_default=True, help="Pair distance of the dimer (Å)."
+)
+@click.option("--no-dimer", is_flag=True, help="Do not add a dimer per pair.")
+@click.option(
+    "--num-neighbours", type=int, default=None, help="Neighbours to pair up (default: the first shell)."
+)
+def pairs(defect_dir, output, bond_distortions, dimer_distance, no_dimer, num_neighbours) -> None:
+    """Write bond distortions and dimers for every symmetry-unique pair of a defect's neighbours."""
+    from snb_ml.pairs import pair_distortions_from_folder, write_pair_tree
+
+    try:
+        values = tuple(float(v) for v in bond_distortions.split(",") if v.strip())
+    except ValueError:
+        _fail(SnbMlError(f"--bond-distortions must be comma-separated numbers, got {bond_distortions!r}."))
+    try:
+        distortions = pair_distortions_from_folder(
+            defect_dir,
+            bond_distortions=values,
+            dimer_distance=None if no_dimer else dimer_distance,
+            num_neighbours=num_neighbours,
+        )
+        directory = write_pair_tree(distortions, output, Path(defect_dir).resolve().name)
+    except SnbMlError as exc:
+        _fail(exc)
+    count = len(distortions["distortions"])
+    click.echo(
+        f"{len(distortions['pairs'])} symmetry-unique pair(s), {count} structures written to {directory}."
+    )
+    click.echo(f"Relax them with: snb-ml run -p {directory}")

@@ -1,0 +1,587 @@
+"""Pick one ML minimum per structural basin of each defect for DFT, by structure and never by energy.
+
+Foundation force fields are qualitative for defects: they relax real reconstructions back to the
+undistorted basin, or find them but rank them above it. So minima are grouped by their defect-site
+SOAP fingerprint (:mod:`snb_ml.minima.fingerprints`), one representative (the lowest ML energy
+member) is kept per group, and a group is never dropped for its ML energy unless an energy window
+is asked for; what a window leaves out is reported, never silently lost.
+
+Threshold calibration (``bench/calibrate_threshold.py --refine``; default SOAP r_cut 5 Å,
+n_max 10, l_max 10, sigma 0.3 Å; complete linkage). The basin of each relaxed minimum is decided
+independently of SOAP, by an order parameter (H_i: number of Cu within 2.6 Å; V_Cd: shortest Te-Te
+distance < 3 Å; Cd_i: species of the 4 nearest atoms). Cosine distances, largest between minima of
+one basin and smallest between minima of different basins:
+
+=============================================  ======  =============  ==============
+minima (relaxer)                               fmax    within-basin   between-basin
+=============================================  ======  =============  ==============
+V_Cu, 32-atom Cu, 8 SnB distortions (EMT)      0.01    1.8e-06        (one basin)
+H_i octahedral x5 / tetrahedral x3 (EMT)       0.01    1.2e-06        1.0e-01
+V_Cd, 64-atom CdTe, 8 SnB distortions          0.05    2.1e-02        (one basin)
+  (CHGNet; all relax back, no Te-Te dimer)
+same V_Cd minima re-relaxed (CHGNet)           0.01    1.1e-03        (one basin)
+V_Cd open vs Te-Te dimer held at 2.85 Å        0.01    1.1e-03        7.8e-02
+Cd_i Td(Te) x2 / hexagonal-like x2 (CHGNet)    0.01    5.6e-03        2.1e-01
+=============================================  ======  =============  ==============
+
+Over minima relaxed to 0.01 eV/Å (snb_ml's default fmax) the gap is 5.6e-3 to 7.8e-2, and
+``DEFAULT_THRESHOLD = 1.5e-2`` sits in it, nearer the within-basin side (2.7x above it, 5x below
+the closest distinct pair), because merging two basins loses one while splitting one only costs a
+DFT relaxation. Looser relaxations leave more noise (V_Cd at fmax 0.05: 2.1e-2), so one basin can
+then show as several clusters: more DFT relaxations, never a lost basin; the selection notes this.
+The SOAP width decides the gap (ratio of smallest between- to largest within-basin distance at
+fmax 0.01): sigma 1.0 Å gives 0.3 (H_i oct/tet only 1.6e-4 apart, inside the noise), 0.5 Å 4.3,
+0.3 Å 14, 0.25 Å 25, 0.2 Å 23 (no better: n_max 10 limits the resolution); hence sigma 0.3 Å.
+The threshold is calibrated for the site fingerprint, not for ``include_neighbours=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from snb_ml.atomic import atomic_path, write_text
+from snb_ml.errors import InputError, SnbMlError
+from snb_ml.minima.clustering import Cluster, cluster_minima
+from snb_ml.minima.fingerprints import (
+    DefectFingerprinter,
+    SoapParameters,
+    cosine_distance,
+    distance_matrix,
+    identify_defect_site,
+    read_unperturbed,
+)
+from snb_ml.relax import CONVERGED, UNCONVERGED
+from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, distortion_key
+
+DEFAULT_THRESHOLD = 1.5e-2
+CALIBRATION_FMAX = 0.01
+SELECTION_FILE = "snb_ml_selection.json"
+SELECTION_PLOT = "snb_ml_selection.png"
+
+
+@dataclass
+class SelectedCluster:
+    """One structural basin of a defect and its representative.
+
+    Attributes:
+        id: 0 for the basin of the lowest ML minimum, then by increasing ML energy.
+        members: Distortion folders that relaxed into this basin, lowest energy first.
+        representative: The lowest-energy member, to relax with DFT.
+        energy: ML energy of the representative (eV).
+        energy_vs_unperturbed: ``energy`` minus the ML energy of Unperturbed (``None`` if unknown).
+        distance_to_unperturbed: Cosine distance of the representative to the relaxed Unperturbed.
+        in_window: False when the energy window left this basin out.
+    """
+
+    id: int
+    members: list[str]
+    representative: str
+    energy: float
+    energy_vs_unperturbed: float | None
+    distance_to_unperturbed: float
+    in_window: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The cluster's entry in the selection file."""
+        return {
+            "id": self.id,
+            "members": list(self.members),
+            "representative": self.representative,
+            "energy_vs_unperturbed": _round(self.energy_vs_unperturbed),
+            "distance_to_unperturbed": _sig(self.distance_to_unperturbed),
+            "in_window": self.in_window,
+        }
+
+
+@dataclass
+class DefectSelection:
+    """The selection for one defect (in one charge state).
+
+    Attributes:
+        defect: Defect folder name in the ML tree.
+        directory: That folder.
+        threshold: Cosine-distance threshold used.
+        window: Energy window in eV above the lowest ML minimum (``None``: no window).
+        parameters: SOAP and clustering parameters.
+        clusters: The basins, by id.
+        excluded: Runs (or window-excluded representatives) not selected, with the reason.
+        labels: Clustered distortion folders, in ShakeNBreak order (rows of ``distances``).
+        distances: Cosine distance matrix between the clustered minima.
+        n_distortions: Number of distortions of this defect in the ML tree.
+        energies: ML energies of the clustered minima (eV).
+        unperturbed_energy: ML energy of Unperturbed, if known.
+        notes: Warnings about the selection (loose fmax, window exclusions).
+    """
+
+    defect: str
+    directory: Path
+    threshold: float
+    window: float | None
+    parameters: dict[str, Any]
+    clusters: list[SelectedCluster]
+    excluded: dict[str, str]
+    labels: list[str]
+    distances: np.ndarray
+    n_distortions: int
+    energies: dict[str, float]
+    unperturbed_energy: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def selected(self) -> list[str]:
+        """Representatives to relax with DFT, by cluster id."""
+        return [c.representative for c in self.clusters if c.in_window]
+
+    @property
+    def window_excluded(self) -> list[SelectedCluster]:
+        """Structurally distinct basins that the energy window left out."""
+        return [c for c in self.clusters if not c.in_window]
+
+    def headline(self) -> str:
+        """``DFT relaxations needed: k of n (x% saved)``."""
+        return headline(len(self.selected), self.n_distortions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``snb_ml_selection.json``."""
+        return {
+            "defect": self.defect,
+            "threshold": self.threshold,
+            "window": self.window,
+            "parameters": self.parameters,
+            "clusters": [c.to_json() for c in self.clusters],
+            "selected": self.selected,
+            "excluded": dict(sorted(self.excluded.items())),
+            "distances": {
+                "labels": list(self.labels),
+                "matrix": [[_sig(x) for x in row] for row in self.distances.tolist()],
+            },
+            "n_distortions": self.n_distortions,
+            "headline": self.headline(),
+            "notes": list(self.notes),
+        }
+
+    def table(self) -> str:
+        """Plain-text table of clusters and excluded runs, ending in the headline."""
+        from tabulate import tabulate
+
+        rows = [
+            [
+                c.id,
+                c.representative,
+                ", ".join(c.members),
+                "" if c.energy_vs_unperturbed is None else f"{c.energy_vs_unperturbed:+.3f}",
+                f"{c.distance_to_unperturbed:.1e}",
+                "yes" if c.in_window else "no (energy window)",
+            ]
+            for c in self.clusters
+        ]
+        headers = ["cluster", "representative", "members", "E - E_Unperturbed (eV)", "d(Unperturbed)", "DFT"]
+        lines = [f"{self.defect}:", tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
+        lines += [f"  not selected: {folder}: {reason}" for folder, reason in sorted(self.excluded.items())]
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(self.headline())
+        return "\n".join(lines)
+
+
+@dataclass
+class TreeSelection:
+    """Selections for every defect of an ML tree.
+
+    Attributes:
+        ml_tree: The ML tree.
+        defects: Selections by defect folder name.
+        errors: Defects that could not be selected, with the reason.
+    """
+
+    ml_tree: Path
+    defects: dict[str, DefectSelection]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def needed(self) -> int:
+        """DFT relaxations selected over all defects."""
+        return sum(len(s.selected) for s in self.defects.values())
+
+    @property
+    def total(self) -> int:
+        """Distortions in the ML tree over all selected defects."""
+        return sum(s.n_distortions for s in self.defects.values())
+
+    @property
+    def failed(self) -> bool:
+        """True if any defect could not be selected."""
+        return bool(self.errors)
+
+    def headline(self) -> str:
+        """``DFT relaxations needed: k of n (x% saved)`` for the whole tree."""
+        return headline(self.needed, self.total)
+
+    def table(self) -> str:
+        """Every defect's table, the errors, and the tree's headline."""
+        parts = [selection.table() for selection in self.defects.values()]
+        parts += [f"Error for {name}: {message}" for name, message in self.errors.items()]
+        parts.append(f"Whole tree: {self.headline()}")
+        return "\n\n".join(parts)
+
+
+def headline(needed: int, total: int) -> str:
+    """``DFT relaxations needed: k of n (x% saved)``."""
+    saved = 100.0 * (total - needed) / total if total else 0.0
+    return f"DFT relaxations needed: {needed} of {total} ({saved:.0f}% saved)"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _sig(value: float) -> float:
+    return float(f"{float(value):.6g}")
+
+
+def _order_key(folder: str) -> tuple:
+    if folder == "Unperturbed":
+        return (0, 0.0, folder)
+    key = distortion_key(folder)
+    return (1, key, folder) if isinstance(key, float) else (2, 0.0, folder)
+
+
+def _load_provenance(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise InputError(
+            f"ML tree folder {directory} does not exist. Run `snb-ml run` on the ShakeNBreak tree first "
+            "(it writes <tree>/ml_tree/<defect>), or pass the ML tree with -p."
+        )
+    path = directory / PROVENANCE_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{directory} has no {PROVENANCE_FILE}, so it is not a defect folder of an ML tree written by "
+            "snb-ml run. Pass the ML tree (e.g. ml_tree or ml_tree/v_Cd_0), after running `snb-ml run`."
+        )
+    try:
+        provenance = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path} is unreadable ({exc}); rerun snb-ml run for this defect.") from exc
+    if not provenance.get("distortions"):
+        raise InputError(f"{path} records no relaxations. Run `snb-ml run` for this defect first.")
+    return provenance
+
+
+def _missing_results(directory: Path, provenance: dict[str, Any]) -> list[str]:
+    records = provenance["distortions"]
+    expected: list[str] = []
+    source = Path(str(provenance.get("input_directory") or ""))
+    if source.is_absolute() and source.is_dir():
+        expected = DefectInput(directory.name, source).distortion_folders()
+    missing = [folder for folder in expected if folder not in records]
+    for folder, record in records.items():
+        output = directory / (record.get("output_folder") or folder) / "CONTCAR"
+        if record.get("status") != "error" and not output.is_file():
+            missing.append(folder)
+    return sorted(set(missing), key=_order_key)
+
+
+def _exclusion_reason(record: dict[str, Any]) -> str:
+    status = record.get("status", "unknown")
+    message = record.get("message") or ""
+    return f"{status}: {message}" if message else status
+
+
+def _read_contcar(path: Path, count: int):
+    from ase.io import read
+
+    try:
+        atoms = read(path, format="vasp")
+    except Exception as exc:
+        raise InputError(
+            f"Cannot read {path} ({type(exc).__name__}: {exc}); rerun snb-ml run --force."
+        ) from exc
+    if len(atoms) != count:
+        raise InputError(
+            f"{path} has {len(atoms)} atoms but the Unperturbed structure has {count}; the ML tree mixes "
+            "structures of different defects. Rerun snb-ml run with --force for this defect."
+        )
+    return atoms
+
+
+def select_defect(
+    ml_defect_dir: str | Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    window: float | None = None,
+    include_neighbours: bool = False,
+    *,
+    soap: SoapParameters | None = None,
+    linkage: str = "complete",
+    allow_incomplete: bool = False,
+    write: bool = True,
+) -> DefectSelection:
+    """Group the ML minima of one defect into structural basins and pick one per basin for DFT.
+
+    Args:
+        ml_defect_dir: The defect's folder in the ML tree (``ml_tree/{defect}``).
+        threshold: Cosine-distance threshold between fingerprints of one basin.
+        window: Energy window in eV above the lowest ML minimum; basins above it are reported in
+            ``excluded`` and ``window_excluded`` but not selected. ``None`` (default): no window.
+        include_neighbours: Also fingerprint the distorted neighbour shell.
+        soap: SOAP parameters (calibrated defaults if ``None``).
+        linkage: Clustering linkage: ``complete`` (default), ``average`` or ``single``.
+        allow_incomplete: Select among finished runs when some distortions have no result yet,
+            reporting those as excluded, instead of raising.
+        write: Write ``snb_ml_selection.json`` and ``snb_ml_selection.png`` into the folder.
+
+    Returns:
+        The selection.
+
+    Raises:
+        InputError: If the folder is not an ML-tree defect folder, distortions lack results, the
+            defect site cannot be identified, or no relaxation converged.
+    """
+    directory = Path(ml_defect_dir).resolve()
+    if threshold < 0 or (window is not None and window < 0):
+        raise InputError(f"threshold and window must be >= 0 (got {threshold}, {window}).")
+    soap = soap or SoapParameters()
+    provenance = _load_provenance(directory)
+    records: dict[str, dict[str, Any]] = provenance["distortions"]
+    missing = _missing_results(directory, provenance)
+    if missing and not allow_incomplete:
+        raise InputError(
+            f"{directory.name}: no ML result for {', '.join(missing)} in {directory}. Finish the run first "
+            "(rerun snb-ml run with the same settings; finished relaxations are reused), or select among "
+            "the finished ones with allow_incomplete=True."
+        )
+    excluded = {folder: "no ML result (run not finished)" for folder in missing}
+    candidates = sorted(
+        (f for f, r in records.items() if r.get("status") == CONVERGED and f not in excluded), key=_order_key
+    )
+    excluded.update({f: _exclusion_reason(r) for f, r in records.items() if r.get("status") != CONVERGED})
+    if not candidates:
+        statuses = ", ".join(f"{f}: {r.get('status')}" for f, r in sorted(records.items()))
+        raise InputError(
+            f"No relaxation of {directory.name} converged ({statuses}), so there are no minima to select. "
+            "Rerun snb-ml run with more --steps (unconverged runs continue from their CONTCAR)."
+        )
+    unperturbed = read_unperturbed(directory)
+    site = identify_defect_site(directory, unperturbed)
+    structures = {
+        f: _read_contcar(directory / (records[f].get("output_folder") or f) / "CONTCAR", len(unperturbed))
+        for f in candidates
+    }
+    reference_file = directory / "Unperturbed" / "CONTCAR"
+    reference = structures.get("Unperturbed")
+    if reference is None:
+        reference = (
+            _read_contcar(reference_file, len(unperturbed)) if reference_file.is_file() else unperturbed
+        )
+    species = sorted(
+        {s for atoms in [unperturbed, *structures.values()] for s in atoms.get_chemical_symbols()}
+    )
+    fingerprint = DefectFingerprinter(species, site, soap, include_neighbours=include_neighbours)
+    fingerprints = {f: fingerprint(atoms) for f, atoms in structures.items()}
+    reference_fingerprint = fingerprint(reference)
+    matrix = distance_matrix([fingerprints[f] for f in candidates])
+    energies = {f: float(records[f]["energy"]) for f in candidates}
+    raw_clusters = cluster_minima(candidates, [energies[f] for f in candidates], matrix, threshold, linkage)
+    unperturbed_record = records.get("Unperturbed", {})
+    e_unperturbed = (
+        float(unperturbed_record["energy"])
+        if unperturbed_record.get("status") in (CONVERGED, UNCONVERGED)
+        and unperturbed_record.get("energy") is not None
+        else None
+    )
+    lowest = min(energies.values())
+    clusters = [_summarise(c, e_unperturbed, fingerprints, reference_fingerprint) for c in raw_clusters]
+    notes = _fmax_note(provenance)
+    for cluster in clusters:
+        if window is not None and cluster.energy - lowest > window + 1e-9:
+            cluster.in_window = False
+            excluded[cluster.representative] = (
+                f"outside the {window:g} eV energy window: representative of cluster {cluster.id} "
+                f"({len(cluster.members)} minima), {cluster.energy - lowest:.3f} eV above the lowest ML "
+                "minimum; a structurally distinct basin that is not selected"
+            )
+    if any(not c.in_window for c in clusters):
+        notes.append(
+            f"the {window:g} eV energy window left out {sum(not c.in_window for c in clusters)} structurally "
+            "distinct basin(s); ML energies of defects are qualitative, so widen the window (or drop it) "
+            "to relax them with DFT too."
+        )
+    selection = DefectSelection(
+        defect=directory.name,
+        directory=directory,
+        threshold=threshold,
+        window=window,
+        parameters={
+            **soap.as_dict(),
+            "species": species,
+            "include_neighbours": include_neighbours,
+            "linkage": linkage,
+            "defect_atom_index": site.atom_index,
+        },
+        clusters=clusters,
+        excluded=excluded,
+        labels=candidates,
+        distances=matrix,
+        n_distortions=len(set(records) | set(missing)),
+        energies=energies,
+        unperturbed_energy=e_unperturbed,
+        notes=notes,
+    )
+    if write:
+        write_selection(selection)
+    return selection
+
+
+def _summarise(
+    cluster: Cluster,
+    e_unperturbed: float | None,
+    fingerprints: dict[str, np.ndarray],
+    reference: np.ndarray,
+) -> SelectedCluster:
+    return SelectedCluster(
+        id=cluster.id,
+        members=list(cluster.members),
+        representative=cluster.representative,
+        energy=cluster.energy,
+        energy_vs_unperturbed=None if e_unperturbed is None else cluster.energy - e_unperturbed,
+        distance_to_unperturbed=cosine_distance(fingerprints[cluster.representative], reference),
+    )
+
+
+def _fmax_note(provenance: dict[str, Any]) -> list[str]:
+    fmax = (provenance.get("signature") or {}).get("fmax")
+    if isinstance(fmax, int | float) and fmax > 2 * CALIBRATION_FMAX:
+        return [
+            f"relaxed to fmax {fmax:g} eV/Å; the threshold was calibrated at {CALIBRATION_FMAX:g} eV/Å. "
+            "Looser relaxations leave more noise, so one basin may show as several clusters (more DFT "
+            "relaxations, never a lost basin)."
+        ]
+    return []
+
+
+def write_selection(selection: DefectSelection) -> tuple[Path, Path]:
+    """Atomically write ``snb_ml_selection.json`` and ``snb_ml_selection.png`` into the defect folder."""
+    json_path = selection.directory / SELECTION_FILE
+    write_text(json_path, json.dumps(selection.to_json(), indent=2) + "\n")
+    plot_path = selection.directory / SELECTION_PLOT
+    plot_selection(selection, plot_path)
+    return json_path, plot_path
+
+
+def _x_positions(labels: list[str]) -> tuple[dict[str, float], dict[float, str]]:
+    numeric = {}
+    for folder in labels:
+        key = 0.0 if folder == "Unperturbed" else distortion_key(folder)
+        if isinstance(key, float):
+            numeric[folder] = 100.0 * key
+    others = [f for f in labels if f not in numeric]
+    values = list(numeric.values()) or [0.0]
+    step = 20.0
+    start = max(values) + step
+    side = {f: start + step * i for i, f in enumerate(others)}
+    return {**numeric, **side}, {x: f for f, x in side.items()}
+
+
+def plot_selection(selection: DefectSelection, path: str | Path) -> Path:
+    """ShakeNBreak-style energy-vs-distortion plot of the minima, coloured by cluster.
+
+    Bond distortions are on the x axis in %, Unperturbed at 0, other distortions (Rattled, Dimer)
+    at the right; the y axis is the ML energy relative to Unperturbed (or to the lowest minimum).
+    Representatives are drawn larger with a black edge (grey when the energy window left them out).
+
+    Returns:
+        The path written (atomically).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xs, side = _x_positions(selection.labels)
+    zero = selection.unperturbed_energy
+    zero = zero if zero is not None else min(selection.energies.values())
+    figure = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = [f"C{i % 10}" for i in range(len(selection.clusters))]
+    for cluster, colour in zip(selection.clusters, colours, strict=True):
+        points = [(xs[f], selection.energies[f] - zero) for f in cluster.members]
+        axes.scatter(*zip(*points, strict=True), color=colour, s=36, zorder=2, label=f"cluster {cluster.id}")
+        rep = cluster.representative
+        axes.scatter(
+            [xs[rep]],
+            [selection.energies[rep] - zero],
+            s=150,
+            facecolor=colour,
+            edgecolor="black" if cluster.in_window else "grey",
+            linewidth=1.8,
+            marker="s" if rep == "Unperturbed" else "o",
+            zorder=3,
+        )
+    numeric = sorted(x for f, x in xs.items() if x not in side)
+    ticks = sorted(set(numeric + list(side)))
+    axes.set_xticks(ticks, [side.get(x, f"{x:g}") for x in ticks], rotation=45 if side else 0)
+    axes.axhline(0.0, color="grey", linewidth=0.6, linestyle="--", zorder=1)
+    axes.set_xlabel("Bond distortion (%)")
+    axes.set_ylabel(
+        "ML energy vs Unperturbed (eV)" if selection.unperturbed_energy is not None else "ML energy (eV)"
+    )
+    axes.set_title(f"{selection.defect}: {selection.headline()}", fontsize=9)
+    axes.legend(fontsize=7, title="black edge: selected", title_fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, metadata={"Software": None})
+    return path
+
+
+def _defect_dirs(ml_tree: Path, defects: list[str] | None) -> list[Path]:
+    if not ml_tree.is_dir():
+        raise InputError(
+            f"ML tree {ml_tree} does not exist. Run `snb-ml run` first (it writes <tree>/ml_tree), or "
+            "pass the folder given to its --output."
+        )
+    if (ml_tree / PROVENANCE_FILE).is_file():
+        found = {ml_tree.name: ml_tree}
+    else:
+        found = {p.name: p for p in sorted(ml_tree.iterdir()) if (p / PROVENANCE_FILE).is_file()}
+    if not found:
+        raise InputError(
+            f"{ml_tree} holds no defect folders written by snb-ml run (none has {PROVENANCE_FILE}). "
+            "Pass the ML tree written by `snb-ml run`, not the ShakeNBreak input tree."
+        )
+    if defects:
+        absent = [name for name in defects if name not in found]
+        if absent:
+            raise InputError(
+                f"Defect folder(s) {', '.join(absent)} not found in the ML tree {ml_tree}. "
+                f"Available: {', '.join(found)}."
+            )
+        return [found[name] for name in defects]
+    return list(found.values())
+
+
+def select_tree(ml_tree: str | Path, defects: list[str] | None = None, **options: Any) -> TreeSelection:
+    """Run :func:`select_defect` on every defect of an ML tree.
+
+    Args:
+        ml_tree: The ML tree (or one defect folder of it).
+        defects: Defect folder names (all if ``None``).
+        **options: Passed to :func:`select_defect` (``threshold``, ``window``, ...).
+
+    Returns:
+        Selections by defect, with per-defect errors recorded instead of raised.
+
+    Raises:
+        InputError: If the ML tree is missing or holds none of the requested defects.
+    """
+    root = Path(ml_tree).resolve()
+    selections: dict[str, DefectSelection] = {}
+    errors: dict[str, str] = {}
+    for directory in _defect_dirs(root, defects):
+        try:
+            selections[directory.name] = select_defect(directory, **options)
+        except SnbMlError as exc:
+            errors[directory.name] = str(exc)
+    return TreeSelection(ml_tree=root, defects=selections, errors=errors)
