@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.atomic import atomic_path, write_text
+from snb_ml.atomic import write_text
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.minima.clustering import Cluster, cluster_minima
 from snb_ml.minima.fingerprints import (
@@ -173,7 +173,7 @@ class DefectSelection:
             [
                 c.id,
                 c.representative,
-                ", ".join(c.members),
+                _members_cell(c.members),
                 "" if c.energy_vs_unperturbed is None else f"{c.energy_vs_unperturbed:+.3f}",
                 f"{c.distance_to_unperturbed:.1e}",
                 "yes" if c.in_window else "no (energy window)",
@@ -227,6 +227,14 @@ class TreeSelection:
         parts += [f"Error for {name}: {message}" for name, message in self.errors.items()]
         parts.append(f"Whole tree: {self.headline()}")
         return "\n\n".join(parts)
+
+
+def _members_cell(members: list[str], width: int = 48) -> str:
+    """Short distortion labels (``Bond_Distortion_-30.0%`` -> ``-30.0%``), wrapped to ``width``."""
+    import textwrap
+
+    short = [m.replace("Bond_Distortion_", "") for m in members]
+    return "\n".join(textwrap.wrap(f"{len(members)}: " + ", ".join(short), width=width))
 
 
 def headline(needed: int, total: int) -> str:
@@ -467,73 +475,10 @@ def write_selection(selection: DefectSelection) -> tuple[Path, Path]:
     json_path = selection.directory / SELECTION_FILE
     write_text(json_path, json.dumps(selection.to_json(), indent=2) + "\n")
     plot_path = selection.directory / SELECTION_PLOT
+    from snb_ml.minima.plot import plot_selection
+
     plot_selection(selection, plot_path)
     return json_path, plot_path
-
-
-def _x_positions(labels: list[str]) -> tuple[dict[str, float], dict[float, str]]:
-    numeric = {}
-    for folder in labels:
-        key = 0.0 if folder == "Unperturbed" else distortion_key(folder)
-        if isinstance(key, float):
-            numeric[folder] = 100.0 * key
-    others = [f for f in labels if f not in numeric]
-    values = list(numeric.values()) or [0.0]
-    step = 20.0
-    start = max(values) + step
-    side = {f: start + step * i for i, f in enumerate(others)}
-    return {**numeric, **side}, {x: f for f, x in side.items()}
-
-
-def plot_selection(selection: DefectSelection, path: str | Path) -> Path:
-    """ShakeNBreak-style energy-vs-distortion plot of the minima, coloured by cluster.
-
-    Bond distortions are on the x axis in %, Unperturbed at 0, other distortions (Rattled, Dimer)
-    at the right; the y axis is the ML energy relative to Unperturbed (or to the lowest minimum).
-    Representatives are drawn larger with a black edge (grey when the energy window left them out).
-
-    Returns:
-        The path written (atomically).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    xs, side = _x_positions(selection.labels)
-    zero = selection.unperturbed_energy
-    zero = zero if zero is not None else min(selection.energies.values())
-    figure = Figure(figsize=(6.4, 4.4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(selection.clusters))]
-    for cluster, colour in zip(selection.clusters, colours, strict=True):
-        points = [(xs[f], selection.energies[f] - zero) for f in cluster.members]
-        axes.scatter(*zip(*points, strict=True), color=colour, s=36, zorder=2, label=f"cluster {cluster.id}")
-        rep = cluster.representative
-        axes.scatter(
-            [xs[rep]],
-            [selection.energies[rep] - zero],
-            s=150,
-            facecolor=colour,
-            edgecolor="black" if cluster.in_window else "grey",
-            linewidth=1.8,
-            marker="s" if rep == "Unperturbed" else "o",
-            zorder=3,
-        )
-    numeric = sorted(x for f, x in xs.items() if x not in side)
-    ticks = sorted(set(numeric + list(side)))
-    axes.set_xticks(ticks, [side.get(x, f"{x:g}") for x in ticks], rotation=45 if side else 0)
-    axes.axhline(0.0, color="grey", linewidth=0.6, linestyle="--", zorder=1)
-    axes.set_xlabel("Bond distortion (%)")
-    axes.set_ylabel(
-        "ML energy vs Unperturbed (eV)" if selection.unperturbed_energy is not None else "ML energy (eV)"
-    )
-    axes.set_title(f"{selection.defect}: {selection.headline()}", fontsize=9)
-    axes.legend(fontsize=7, title="black edge: selected", title_fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110, metadata={"Software": None})
-    return path
 
 
 def _defect_dirs(ml_tree: Path, defects: list[str] | None) -> list[Path]:
