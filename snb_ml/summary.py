@@ -33,6 +33,7 @@ def format_summary(report: RunReport) -> str:
         rows,
         headers=["defect", "distortion", "E - E_Unperturbed (eV)", "status", "steps", "seconds", "note"],
         tablefmt="simple",
+        disable_numparse=True,  # keep "+0.000" rather than "-0"
     )
     records = [r for d in report.defects for r in d.records.values()]
     relaxed = [r for r in records if not r.skipped and r.status != "error"]
