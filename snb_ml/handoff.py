@@ -38,7 +38,7 @@ from typing import Any
 from snb_ml import __version__
 from snb_ml.atomic import atomic_path, write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import HIGH_ENERGY_SUFFIX, PROVENANCE_FILE, STRUCTURE_INPUTS, is_distortion_dir
+from snb_ml.snbtree import HIGH_ENERGY_SUFFIX, PROVENANCE_FILE, STRUCTURE_INPUTS, is_distortion_dir, load_json
 
 HOLDING_FOLDER = "snb_ml_not_selected"  # matches no ShakeNBreak pattern and does not end in a digit
 RECORD_FILE = "snb_ml_handoff.json"
@@ -140,15 +140,7 @@ def _refuse_if_dft_output(folder: Path, action: str) -> None:
 
 
 def _read_record(defect_dir: Path) -> dict[str, Any] | None:
-    path = defect_dir / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise OutputError(
-            f"{path} is unreadable ({exc}); restore it from a backup or undo the hand-off by hand."
-        ) from exc
+    return load_json(defect_dir / RECORD_FILE, "restore it from a backup or undo the hand-off by hand.")
 
 
 def _defect_dir(tree: Path, defect: str) -> Path:
@@ -256,13 +248,12 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
         if name not in selected:
             selected.append(name)
     ml_dir = ml_tree / defect
-    provenance_file = ml_dir / PROVENANCE_FILE
-    if not provenance_file.is_file():
+    provenance = load_json(ml_dir / PROVENANCE_FILE, "rerun snb-ml run for this defect.", error=InputError)
+    if provenance is None:
         raise InputError(
             f"{ml_dir} is not an snb_ml ML tree folder (no {PROVENANCE_FILE}). Pass the ML tree that "
             "`snb-ml run` wrote for this DFT tree."
         )
-    provenance = json.loads(provenance_file.read_text())
     files, sources = {}, {}
     recorded = {entry["folder"] for entry in (previous or {}).get("replaced", [])}
     for name in selected:

@@ -32,6 +32,7 @@ from snb_ml.snbtree import (
     TRAJECTORY_FILE,
     DefectInput,
     check_ml_defect_dir,
+    load_json,
     locate_defects,
     parse_charge,
     read_input_structure,
@@ -120,15 +121,7 @@ def load_model(settings: RunSettings) -> LoadedModel:
 
 
 def _load_provenance(ml_dir: Path) -> dict[str, Any]:
-    path = ml_dir / PROVENANCE_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise OutputError(
-            f"{path} is unreadable ({exc}); move it away and rerun to redo this defect."
-        ) from exc
+    return load_json(ml_dir / PROVENANCE_FILE, "move it away and rerun to redo this defect.") or {}
 
 
 def _write_structure(atoms, target: Path) -> None:

@@ -29,6 +29,22 @@ DFT_OUTPUTS = ("OUTCAR", "OUTCAR.gz", "vasprun.xml", "vasprun.xml.gz", "OSZICAR"
 _CHARGE_PATTERN = re.compile(r"_([+-]?\d+)$")
 
 
+def load_json(path: Path, fix: str, error: type[Exception] = OutputError) -> dict | None:
+    """Read a JSON record written by snb_ml; ``None`` if absent.
+
+    Args:
+        path: The file.
+        fix: What the user should do if it is unreadable (ends the error message).
+        error: Exception class raised for an unreadable file.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise error(f"{path} is unreadable ({exc}); {fix}") from exc
+
+
 def is_distortion_dir(path: Path) -> bool:
     """True for a ShakeNBreak distortion folder (``Bond_Distortion_*``, ``Unperturbed``, ...)."""
     return path.is_dir() and any(marker in path.name for marker in DISTORTION_MARKERS)

@@ -56,7 +56,7 @@ from snb_ml.minima.fingerprints import (
     read_unperturbed,
 )
 from snb_ml.relax import CONVERGED, UNCONVERGED
-from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, distortion_key
+from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, distortion_key, load_json
 
 DEFAULT_THRESHOLD = 1.5e-2
 CALIBRATION_FMAX = 0.01
@@ -270,10 +270,7 @@ def _load_provenance(directory: Path) -> dict[str, Any]:
             f"{directory} has no {PROVENANCE_FILE}, so it is not a defect folder of an ML tree written by "
             "snb-ml run. Pass the ML tree (e.g. ml_tree or ml_tree/v_Cd_0), after running `snb-ml run`."
         )
-    try:
-        provenance = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path} is unreadable ({exc}); rerun snb-ml run for this defect.") from exc
+    provenance = load_json(path, "rerun snb-ml run for this defect.", error=InputError) or {}
     if not provenance.get("distortions"):
         raise InputError(f"{path} records no relaxations. Run `snb-ml run` for this defect first.")
     return provenance
