@@ -1,0 +1,1 @@
+"""Thermodynamics of defects: vibrational free energies and entropies from ML force fields."""

@@ -1,0 +1,142 @@
+"""FiniteTemperatureThermodynamics against a real, tiny doped DefectThermodynamics (v_Cl in NaCl)."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from doped.core import DefectEntry, Vacancy
+from doped.thermodynamics import DefectThermodynamics
+from pymatgen.core import Lattice, Structure
+from pymatgen.electronic_structure.core import Spin
+from pymatgen.electronic_structure.dos import Dos, FermiDos
+from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+from snb_ml.errors import InputError
+from snb_ml.thermo.doped_thermo import CORRECTION_KEY, FiniteTemperatureThermodynamics
+from snb_ml.thermo.entropy import K_B
+
+VBM, GAP, MU_CL, E_BULK = 1.0, 1.0, -2.0, -12.0
+TA, TQ = 1000.0, 300.0
+
+
+@pytest.fixture(scope="module")
+def dt():
+    bulk = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    entries = []
+    for q, ef0, spin in [(0, 4.0, 2), (1, 3.5, 1)]:  # formation energies at E_F = VBM (dilute: tiny conc.)
+        dsc = bulk.copy()
+        dsc.remove_sites([4])
+        entries.append(
+            DefectEntry(
+                defect=Vacancy(bulk, bulk[4]),
+                charge_state=q,
+                sc_entry=ComputedStructureEntry(dsc, E_BULK - MU_CL + ef0 - q * VBM),
+                bulk_entry=ComputedStructureEntry(bulk, E_BULK),
+                sc_defect_frac_coords=tuple(bulk[4].frac_coords),
+                degeneracy_factors={"spin degeneracy": spin, "orientational degeneracy": 1},
+                calculation_metadata={"vbm": VBM, "relaxed point symmetry": "Oh", "bulk site symmetry": "Oh"},
+                name=f"v_Cl_{'+' if q else ''}{q}",
+            )
+        )
+    e = np.linspace(-4, 6, 4001)
+    d = np.zeros_like(e)
+    d[e < VBM] = 2 * np.sqrt(VBM - e[e < VBM])
+    d[e > VBM + GAP] = 2 * np.sqrt(e[e > VBM + GAP] - VBM - GAP)
+    fermi_dos = FermiDos(Dos(VBM + GAP / 2, e, {Spin.up: d}), structure=bulk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DefectThermodynamics(
+            entries,
+            chempots={"Na": 0.0, "Cl": 0.0},
+            el_refs={"Na": -1.0, "Cl": MU_CL},
+            vbm=VBM,
+            band_gap=GAP,
+            bulk_dos=fermi_dos,
+        )
+
+
+def _concs(thermo, t=TA):
+    return thermo.get_equilibrium_concentrations(temperature=t, fermi_level=0.4, skip_formatting=True)
+
+
+def _fermi(thermo):
+    return thermo.get_fermi_level_and_concentrations(
+        annealing_temperature=TA, quenched_temperature=TQ, skip_formatting=True, return_annealing_values=True
+    )
+
+
+def test_all_terms_off_reproduces_doped(dt):
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(
+        dt, terms={"v_Cl": {"vib": -0.1}}, disabled_terms=["vib"]
+    )
+    pd.testing.assert_frame_equal(_concs(ft), _concs(dt))
+    ref, out = _fermi(dt), _fermi(ft)
+    for a, b in zip(ref, out, strict=True):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b)
+        else:
+            assert a == b
+
+
+def test_constant_term_shifts_concentrations(dt):
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(dt, terms={"v_Cl_+1": {"vib": -0.1}})
+    ratio = (_concs(ft)["Concentration (cm^-3)"] / _concs(dt, TA)["Concentration (cm^-3)"]).to_dict()
+    assert ratio[("v_Cl", 1)] == pytest.approx(np.exp(0.1 / (K_B * TA)), rel=1e-9)
+    assert ratio[("v_Cl", 0)] == pytest.approx(1.0, rel=1e-9)
+    # annealing (totals) and quenching (charge-state redistribution) each use the term at their own T:
+    ref, out = _fermi(dt), _fermi(ft)
+    assert out[0] == pytest.approx(ref[0], abs=1e-6)  # dilute defects: E_F set by intrinsic carriers
+    totals = {
+        k: df.groupby("Defect")["Concentration (cm^-3)"].sum()["v_Cl"]
+        for k, df in (("r", ref[7]), ("o", out[7]))
+    }
+    c_ref, c_out = (x["Concentration (cm^-3)"] for x in (ref[7], out[7]))
+    expected_total = c_ref[("v_Cl", 1)] * np.exp(0.1 / (K_B * TA)) + c_ref[("v_Cl", 0)]
+    assert totals["o"] == pytest.approx(expected_total, rel=1e-5)
+    pop = lambda df: df["Concentration (cm^-3)"][("v_Cl", 1)] / df["Concentration (cm^-3)"][("v_Cl", 0)]  # noqa: E731
+    ef_q = out[0]  # populations at the quenched T, at the returned Fermi level: g_q exp(-(E_q + ΔF)/kTq)
+    expected_pop = 0.5 * np.exp(-((3.5 + ef_q - 0.1) - 4.0) / (K_B * TQ))
+    assert pop(out[3]) == pytest.approx(expected_pop, rel=1e-9)
+    assert pop(ref[3]) == pytest.approx(0.5 * np.exp(-((3.5 + ref[0]) - 4.0) / (K_B * TQ)), rel=1e-9)
+    assert out[3]["Concentration (cm^-3)"].sum() == pytest.approx(totals["o"], rel=1e-9)
+
+
+def test_original_not_mutated_and_term_switching(dt):
+    before = _concs(dt)
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(dt, terms={"v_Cl": {"vib": -0.1, "struc": 0.05}})
+    _fermi(ft)
+    assert all(CORRECTION_KEY not in e.corrections for e in dt.defect_entries.values())
+    assert all(CORRECTION_KEY not in e.corrections for e in ft.defect_entries.values())
+    pd.testing.assert_frame_equal(_concs(dt), before)
+    assert ft.free_energy_correction("v_Cl_0", 500) == pytest.approx(-0.05)
+    ft.disable_term("struc")
+    assert ft.free_energy_correction("v_Cl_0", 500) == pytest.approx(-0.1)
+    with pytest.raises(InputError, match="v_O"):
+        FiniteTemperatureThermodynamics.from_thermodynamics(dt, terms={"v_O": {"vib": 0.1}})
+    with pytest.raises(InputError, match="> 0 K"):
+        ft.free_energy_correction("v_Cl_0", 0)
+
+
+def test_json_round_trip_and_breakdown(dt, tmp_path):
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(
+        dt,
+        terms={
+            "v_Cl_+1": {"vib": lambda t: -1e-4 * t},
+            "v_Cl": {"struc": ([300.0, 1000.0], [-0.01, -0.05])},
+            "v_Cl_0": {"elec": -0.02},
+        },
+    )
+    path = tmp_path / "ft.json"
+    ft.to_json(path)
+    back = FiniteTemperatureThermodynamics.from_json(path)
+    assert isinstance(back, FiniteTemperatureThermodynamics)
+    pd.testing.assert_frame_equal(_concs(back), _concs(ft))
+    table = ft.entropy_breakdown(600.0)
+    assert table.loc["v_Cl_+1", "vib"] == pytest.approx(1e-4 / K_B, rel=1e-6)
+    assert table.loc["v_Cl_0", "spin"] == pytest.approx(np.log(2))
+    assert table.loc["v_Cl_0", "struc"] == pytest.approx(0.04 / 700 / K_B, rel=1e-6)
+    entry = ft.defect_entries["v_Cl_0"]
+    del entry.degeneracy_factors["spin degeneracy"]
+    with pytest.raises(InputError, match="spin degeneracy"):
+        ft.entropy_breakdown(600.0)
