@@ -41,7 +41,7 @@ def check_temperature(temperature: float, where: str = "temperature") -> float:
 
 
 def _mode_energies(frequencies_thz: Sequence[float] | np.ndarray, cutoff_thz: float) -> np.ndarray:
-    """Convert frequencies (THz) to mode energies hw (eV), dropping |f| <= cutoff (acoustic modes)."""
+    """Convert frequencies (THz) to mode energies hw (eV), dropping ``abs(f) <= cutoff`` (acoustic modes)."""
     freqs = np.asarray(frequencies_thz, dtype=float).ravel()
     imaginary = freqs[freqs < -cutoff_thz]
     if imaginary.size:
@@ -62,7 +62,7 @@ def harmonic_free_energy(
 ) -> float:
     """Quantum harmonic free energy F = sum_i [hw_i/2 + kT ln(1 - exp(-hw_i/kT))] in eV.
 
-    Modes with |f| <= ``cutoff_thz`` (the three acoustic translations) are skipped.
+    Modes with ``abs(f) <= cutoff_thz`` (the three acoustic translations) are skipped.
 
     Args:
         frequencies_thz: Mode frequencies in THz (all branches and q-points, weights already expanded).
