@@ -7,6 +7,7 @@ import click
 from snb_ml import __version__
 from snb_ml.cli_options import ml_parameters, run_from_cli
 from snb_ml.cli_select import pairs, select
+from snb_ml.cli_thermo import free_energy
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -66,3 +67,4 @@ def plugins() -> None:
 
 main.add_command(select)
 main.add_command(pairs)
+main.add_command(free_energy)

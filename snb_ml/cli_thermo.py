@@ -1,0 +1,245 @@
+"""``snb-ml free-energy``: vibrational free energies of a defect, its bulk and references with an ML model.
+
+Harmonic (and optionally quasi-harmonic) free energies, and the vibrational part of the formation free energy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from snb_ml.cli_options import ml_parameters, settings_from_options
+from snb_ml.errors import InputError, SnbMlError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+#: Model options of ``snb-ml run`` that apply here too.
+MODEL_OPTIONS = ("relaxer", "model", "head", "device", "dtype", "calc_kwargs", "threads")
+STRUCTURE_FILES = ("CONTCAR", "POSCAR")
+
+
+def read_structure(path: str | Path, what: str):
+    """Read a structure file, or ``CONTCAR``/``POSCAR`` (first non-empty) inside a folder.
+
+    Args:
+        path: File or folder.
+        what: What the structure is (for messages), e.g. ``--defect``.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / name for name in STRUCTURE_FILES if (path / name).is_file()]
+        candidates = [c for c in candidates if c.stat().st_size > 0]
+        if not candidates:
+            raise InputError(
+                f"{what}: folder {path} holds no non-empty {' or '.join(STRUCTURE_FILES)}. Pass a structure "
+                "file or the folder of one relaxed distortion (e.g. ml_tree/v_Cd_0/Bond_Distortion_-30.0%)."
+            )
+        path = candidates[0]
+    try:
+        return read(path)
+    except Exception as exc:  # ase raises many types for unreadable files
+        raise InputError(
+            f"{what}: cannot read a structure from {path} ({exc}). Give a POSCAR/CIF/extxyz."
+        ) from exc
+
+
+def parse_references(values: tuple[str, ...]) -> dict[str, Path]:
+    """Parse ``--reference EL=PATH`` values."""
+    references = {}
+    for value in values:
+        element, sep, path = value.partition("=")
+        if not sep or not element.strip() or not path.strip():
+            raise InputError(f"--reference must look like Cd=POSCAR_Cd (element=path), got {value!r}.")
+        if not Path(path).exists():
+            raise InputError(f"--reference {element}: {path} does not exist.")
+        references[element.strip()] = Path(path)
+    return references
+
+
+def _reference_from_json(path: Path, element: str, result_class):
+    """A reference from a ``VibrationalFreeEnergy`` JSON or from an earlier ``snb-ml free-energy`` output."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--reference {element}: cannot read {path} ({exc}).") from exc
+    if isinstance(data, dict) and "references" in data:
+        if element not in data["references"]:
+            raise InputError(
+                f"--reference {element}: {path} holds references for "
+                f"{', '.join(data['references']) or 'none'}, not {element}. "
+                f"Pass a structure of elemental {element} instead."
+            )
+        data = data["references"][element]
+    try:
+        return result_class.from_dict(data)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InputError(
+            f"--reference {element}: {path} is neither a VibrationalFreeEnergy JSON nor a free-energy output "
+            f"({exc}). Pass a structure file instead."
+        ) from exc
+
+
+def _composition_change(defect, bulk) -> dict[str, int]:
+    elements = sorted(set(defect.counts()) | set(bulk.counts()))
+    change = {e: defect.counts().get(e, 0) - bulk.counts().get(e, 0) for e in elements}
+    return {e: n for e, n in change.items() if n}
+
+
+def compute_free_energies(
+    defect_path: str | Path,
+    bulk_path: str | Path,
+    references: dict[str, Path],
+    calculator: Any,
+    temperatures: np.ndarray,
+    qha: bool = False,
+    reference_min_length: float = 10.0,
+    charge: int | None = None,
+    model: str = "",
+    log=print,
+) -> dict[str, Any]:
+    """Compute everything ``snb-ml free-energy`` writes, as plain JSON data.
+
+    References given as ``.json`` are loaded (``VibrationalFreeEnergy.write_json`` output, or an earlier
+    ``snb-ml free-energy`` output holding that element; same temperature grid needed); structures
+    are relaxed at fixed cell and their phonons computed in a diagonal supercell of at least
+    ``reference_min_length`` Å per lattice vector (q-mesh of length 30).
+
+    Args:
+        defect_path: Defect supercell (file or folder).
+        bulk_path: Pristine supercell with the same lattice.
+        references: Elemental reference phases by element.
+        calculator: ASE calculator.
+        temperatures: Temperatures in K.
+        qha: Also compute quasi-harmonic G(T) of the bulk and the references.
+        reference_min_length: Smallest supercell lattice-vector length for the references, Å.
+        charge: Total charge of the defect cell, stored in ``atoms.info["charge"]`` for charge-aware models.
+        model: Model name recorded in the results.
+        log: Progress printer.
+    """
+    from snb_ml.thermo.phonons import (
+        VibrationalFreeEnergy,
+        auto_supercell_matrix,
+        formation_vibrational_free_energy,
+        harmonic_free_energy,
+        quasi_harmonic_free_energy,
+    )
+
+    defect_atoms = read_structure(defect_path, "--defect")
+    bulk_atoms = read_structure(bulk_path, "--bulk")
+    if charge is not None:
+        defect_atoms.info["charge"] = charge
+    results = {}
+    for name, atoms in (("defect", defect_atoms), ("bulk", bulk_atoms)):
+        start = time.perf_counter()
+        results[name] = harmonic_free_energy(atoms, calculator, temperatures, model=model)
+        log(
+            f"{name}: {results[name].formula}, {results[name].n_displacements} displacements, "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+    change = _composition_change(results["defect"], results["bulk"])
+    missing = sorted(set(change) - set(references))
+    if missing:
+        raise InputError(
+            f"The defect changes the composition by {change}; give --reference for {', '.join(missing)} "
+            f"(e.g. --reference {missing[0]}=POSCAR_{missing[0]})."
+        )
+    refs, ref_atoms = {}, {}
+    for element, path in references.items():
+        if path.suffix == ".json":
+            refs[element] = _reference_from_json(path, element, VibrationalFreeEnergy)
+            continue
+        ref_atoms[element] = read_structure(path, f"--reference {element}")
+        matrix = auto_supercell_matrix(ref_atoms[element], reference_min_length)
+        refs[element] = harmonic_free_energy(
+            ref_atoms[element], calculator, temperatures, supercell_matrix=matrix, model=model
+        )
+        log(f"reference {element}: {refs[element].n_displacements} displacements")
+    delta = formation_vibrational_free_energy(results["defect"], results["bulk"], refs, change)
+    data: dict[str, Any] = {
+        "temperatures": np.asarray(temperatures).tolist(),
+        "composition_change": change,
+        "delta_free_energy": delta.tolist(),
+        "delta_free_energy_note": "F_defect - F_bulk - sum_i n_i mu_vib,i (eV); n_i > 0 added, < 0 removed",
+        "defect": results["defect"].to_dict(),
+        "bulk": results["bulk"].to_dict(),
+        "references": {e: r.to_dict() for e, r in refs.items()},
+        "defect_path": str(defect_path),
+        "bulk_path": str(bulk_path),
+        "model": model,
+        "qha": {},
+    }
+    if qha:
+        data["qha"]["bulk"] = quasi_harmonic_free_energy(bulk_atoms, calculator, temperatures).to_dict()
+        for element, atoms in ref_atoms.items():
+            matrix = auto_supercell_matrix(atoms, reference_min_length)
+            data["qha"][element] = quasi_harmonic_free_energy(
+                atoms, calculator, temperatures, supercell_matrix=matrix
+            ).to_dict()
+    return data
+
+
+def _model_options(function):
+    for option in reversed([o for o in ml_parameters("chgnet") if o.name in MODEL_OPTIONS]):
+        function.__click_params__ = [*getattr(function, "__click_params__", []), option]
+    return function
+
+
+@click.command("free-energy", context_settings=CONTEXT_SETTINGS)
+@click.option("--defect", "defect", required=True, type=click.Path(exists=True), help="Defect supercell.")
+@click.option("--bulk", "bulk", required=True, type=click.Path(exists=True), help="Pristine supercell.")
+@click.option(
+    "--reference",
+    "references",
+    multiple=True,
+    help="Elemental reference phase EL=PATH (structure, or a JSON from an earlier run), one per exchanged "
+    "element.",
+)
+@click.option("--tmin", default=0.0, show_default=True, type=float, help="Lowest temperature (K).")
+@click.option("--tmax", default=1000.0, show_default=True, type=float, help="Highest temperature (K).")
+@click.option("--tstep", default=50.0, show_default=True, type=float, help="Temperature step (K).")
+@click.option("--qha", is_flag=True, help="Also quasi-harmonic G(T) of the bulk and references (slow).")
+@click.option(
+    "--charge", default=None, type=int, help="Total charge of the defect cell (charge-aware models)."
+)
+@click.option(
+    "--output", "-o", default="free_energy.json", show_default=True, type=click.Path(dir_okay=False)
+)
+@_model_options
+def free_energy(defect, bulk, references, tmin, tmax, tstep, qha, charge, output, **options) -> None:
+    """Vibrational free energies F_vib(T) of a defect, its bulk and references, and ΔF_vib(T) (JSON)."""
+    from snb_ml.atomic import write_text
+    from snb_ml.runner import load_model
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
+    try:
+        if tstep <= 0 or tmax < tmin or tmin < 0:
+            raise InputError(f"Need 0 <= --tmin <= --tmax and --tstep > 0 (got {tmin}, {tmax}, {tstep}).")
+        temperatures = np.arange(tmin, tmax + tstep / 2, tstep)
+        settings = settings_from_options({**options, "fmax": 1e-3, "steps": 3000, "optimizer": "BFGS"})
+        loaded = load_model(settings)
+        data = compute_free_energies(
+            defect,
+            bulk,
+            parse_references(references),
+            loaded.calculator,
+            temperatures,
+            qha=qha,
+            charge=charge,
+            model=loaded.name,
+            log=click.echo,
+        )
+        data["settings"] = settings.as_dict()
+        write_text(output, json.dumps(data, indent=1))
+    except SnbMlError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    delta = data["delta_free_energy"]
+    click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
