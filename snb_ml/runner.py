@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -325,8 +325,12 @@ class _DefectRun:
         info = {"defect": self.defect.name, "distortion": folder, "charge": charge, "model": self.model.name}
         _write_trajectory(result.frames, output / TRAJECTORY_FILE, info)
         if marked and (self.ml_dir / folder).is_dir():
-            # A plain folder from an earlier attempt would make ShakeNBreak read this run as valid.
-            shutil.rmtree(self.ml_dir / folder)
+            # A plain folder from an earlier attempt would make ShakeNBreak read this run as valid; it is
+            # kept inside the marked folder (ShakeNBreak does not look there), not deleted.
+            attempt = 1
+            while (output / f"previous_attempt_{attempt}").exists():
+                attempt += 1
+            os.replace(self.ml_dir / folder, output / f"previous_attempt_{attempt}")
         record = DistortionRecord(
             folder=folder,
             status=result.status,

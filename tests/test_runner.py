@@ -225,3 +225,15 @@ def test_distortion_dict_and_defect_entries_api(tmp_path):
         **emt,
     )
     assert set(again.defects[name].statuses) == {"Unperturbed", "Bond_Distortion_-30.0%"}
+
+
+def test_earlier_attempt_is_kept_when_a_run_is_marked_high_energy(cu_tree):
+    run_tree(cu_tree / "v_Cu_0", emt(steps=2, high_energy_threshold=-1.0))
+    defect = cu_tree / "ml_tree" / "v_Cu_0"
+    assert (defect / "Bond_Distortion_40.0%" / "CONTCAR").is_file()  # unconverged: not judged yet
+    report = run_tree(cu_tree / "v_Cu_0", emt(high_energy_threshold=-1.0))
+    marked = [f for f, r in report.defects[0].records.items() if r.status == "high_energy"]
+    assert marked
+    for folder in marked:
+        assert not (defect / folder).exists()
+        assert (defect / f"{folder}_High_Energy" / "previous_attempt_1" / "CONTCAR").is_file()
