@@ -185,24 +185,9 @@ def relax_distortions(
         distortion_dict, metadata = distortion_dict
     with tempfile.TemporaryDirectory(prefix="snb_ml_inputs_") as staging:
         write_distortion_tree(distortion_dict, staging, metadata)
-        report = run_tree(staging, _settings(relaxer, model, dict(options)), output=output)
-        for defect in report.defects:
-            if defect.ml_directory is not None:
-                _rewrite_input_path(defect.ml_directory)
+        settings = _settings(relaxer, model, dict(options))
+        report = run_tree(staging, settings, output=output, input_label="(in-memory Distortions dictionary)")
         return _collect(report)
-
-
-def _rewrite_input_path(ml_directory: Path) -> None:
-    import json
-
-    from snb_ml.atomic import write_text
-    from snb_ml.snbtree import PROVENANCE_FILE
-
-    provenance_file = ml_directory / PROVENANCE_FILE
-    if provenance_file.is_file():
-        provenance = json.loads(provenance_file.read_text())
-        provenance["input_directory"] = "(in-memory Distortions dictionary)"
-        write_text(provenance_file, json.dumps(provenance, indent=2, default=str))
 
 
 def relax_defect_entries(

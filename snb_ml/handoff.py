@@ -38,25 +38,20 @@ from typing import Any
 from snb_ml import __version__
 from snb_ml.atomic import atomic_path, write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import HIGH_ENERGY_SUFFIX, PROVENANCE_FILE, STRUCTURE_INPUTS, is_distortion_dir, load_json
+from snb_ml.snbtree import (
+    HIGH_ENERGY_SUFFIX,
+    PROVENANCE_FILE,
+    STRUCTURE_INPUTS,
+    dft_outputs,
+    is_distortion_dir,
+    load_json,
+)
 
 HOLDING_FOLDER = "snb_ml_not_selected"  # matches no ShakeNBreak pattern and does not end in a digit
 RECORD_FILE = "snb_ml_handoff.json"
 ORIGINAL_SUFFIX = ".snb_ml_original"
 REFERENCE_FOLDER = "Unperturbed"
 SUPPORTED_FILES = ("POSCAR", "geometry.in", "structure.cif")
-DFT_OUTPUT_PATTERNS = (
-    "OUTCAR*",
-    "vasprun.xml*",
-    "OSZICAR*",
-    "CONTCAR*",
-    "XDATCAR*",
-    "espresso.out",
-    "aims.out",
-    "*.castep",
-    "relax.out",
-    "*-pos-*.xyz",
-)
 _UNUSABLE_STATUSES = ("error", "exploded")
 
 
@@ -125,13 +120,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dft_outputs(folder: Path) -> list[str]:
-    """Names of DFT output files in ``folder`` (empty when none)."""
-    return sorted({path.name for pattern in DFT_OUTPUT_PATTERNS for path in folder.glob(pattern)})
-
-
 def _refuse_if_dft_output(folder: Path, action: str) -> None:
-    found = dft_outputs(folder)
+    found = dft_outputs(folder, include_contcar=True)
     if found:
         raise OutputError(
             f"{folder} holds DFT output ({', '.join(found)}), so snb_ml will not {action} it; nothing was "
@@ -408,7 +398,7 @@ def _check_undo(directory: Path, record: dict[str, Any]) -> None:
     for entry in record.get("replaced", []):
         folder = directory / entry["folder"]
         current, backup = folder / entry["file"], folder / entry["original_copy"]
-        found = dft_outputs(folder)
+        found = dft_outputs(folder, include_contcar=True)
         if found:
             raise OutputError(
                 f"{folder} holds DFT output ({', '.join(found)}) computed from the handed-off structure; "

@@ -34,7 +34,7 @@ import numpy as np
 
 from snb_ml.atomic import write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import DFT_OUTPUTS, METADATA_FILE, is_distortion_dir, read_input_structure
+from snb_ml.snbtree import METADATA_FILE, dft_outputs, is_distortion_dir, load_json, read_input_structure
 
 DEFAULT_PAIR_DISTORTIONS = (-0.6, -0.5, -0.4, -0.3, -0.2)
 DEFAULT_DIMER_DISTANCE = 2.0
@@ -339,11 +339,9 @@ def pair_distortions(
 
 def _read_metadata(defect_dir: Path) -> dict[str, Any]:
     for path in (defect_dir / METADATA_FILE, defect_dir.parent / METADATA_FILE):
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except ValueError as exc:
-                raise InputError(f"{path} is unreadable ({exc}); regenerate it with snb-generate.") from exc
+        metadata = load_json(path, "regenerate it with snb-generate.", error=InputError)
+        if metadata is not None:
+            return metadata
     raise InputError(
         f"No {METADATA_FILE} in {defect_dir} or its parent, so the defect site is unknown. Pass the "
         "defect folder written by snb-generate, or call pair_distortions with site_index/frac_coords."
@@ -484,9 +482,7 @@ def write_pair_tree(
                 f"{directory} already exists and does not hold these pair distortions; write the pair "
                 "tree to another output folder, or move the old one away."
             )
-        if any(
-            is_distortion_dir(p) and any((p / f).exists() for f in DFT_OUTPUTS) for p in directory.iterdir()
-        ):
+        if any(is_distortion_dir(p) and dft_outputs(p) for p in directory.iterdir()):
             raise OutputError(f"{directory} holds DFT output; write the pair tree to another output folder.")
     site = distortions["defect_site"]["frac_coords"]
     where = f"~[{site[0]:.1f},{site[1]:.1f},{site[2]:.1f}]"

@@ -143,8 +143,16 @@ def _write_trajectory(frames, target: Path, info: dict[str, Any]) -> None:
 class _DefectRun:
     """Relaxes the distortions of one defect into its ML tree folder."""
 
-    def __init__(self, defect: DefectInput, ml_top: Path, model: LoadedModel, settings: RunSettings):
+    def __init__(
+        self,
+        defect: DefectInput,
+        ml_top: Path,
+        model: LoadedModel,
+        settings: RunSettings,
+        input_label: str | None = None,
+    ):
         self.defect = defect
+        self.input_label = input_label or str(defect.directory)
         self.ml_dir = ml_top / defect.name
         self.model = model
         self.settings = settings
@@ -222,7 +230,7 @@ class _DefectRun:
             "snb_ml_version": __version__,
             "defect": self.defect.name,
             "charge": charge,
-            "input_directory": str(self.defect.directory),
+            "input_directory": self.input_label,
             "signature": signature,
             "model": {
                 "name": self.model.name,
@@ -367,6 +375,7 @@ def run_tree(
     defects: list[str] | None = None,
     output: str | Path | None = None,
     model: LoadedModel | None = None,
+    input_label: str | None = None,
 ) -> RunReport:
     """Relax every distortion of the selected defects and write the ML tree.
 
@@ -376,6 +385,7 @@ def run_tree(
         defects: Defect folder names to relax (all if ``None``).
         output: ML tree folder (default ``<top-level folder>/ml_tree``).
         model: An already loaded model to reuse (else loaded from ``settings``).
+        input_label: What the provenance records as the input (default: each defect folder's path).
 
     Returns:
         The run report. Per-defect and per-distortion errors are recorded in it, not raised.
@@ -401,7 +411,7 @@ def run_tree(
     warn_charge_blind = [True]
     reports = []
     for defect in selected:
-        runner = _DefectRun(defect, ml_top, model, settings)
+        runner = _DefectRun(defect, ml_top, model, settings, input_label)
         try:
             reports.append(runner.run(warn_charge_blind))
         except SnbMlError as exc:

@@ -25,7 +25,19 @@ STRUCTURE_INPUTS = (
     ("espresso.pwi", "espresso-in"),
     ("structure.cif", "cif"),
 )
-DFT_OUTPUTS = ("OUTCAR", "OUTCAR.gz", "vasprun.xml", "vasprun.xml.gz", "OSZICAR", "espresso.out", "aims.out")
+# Files only a DFT run writes (VASP, QE, FHI-aims, CASTEP, CP2K). CONTCAR is added where it can only come
+# from VASP (the DFT tree); in the ML tree it is snb_ml's own output.
+DFT_OUTPUT_PATTERNS = (
+    "OUTCAR*",
+    "vasprun.xml*",
+    "OSZICAR*",
+    "XDATCAR*",
+    "espresso.out",
+    "aims.out",
+    "*.castep",
+    "relax.out",
+    "*-pos-*.xyz",
+)
 _CHARGE_PATTERN = re.compile(r"_([+-]?\d+)$")
 
 
@@ -43,6 +55,12 @@ def load_json(path: Path, fix: str, error: type[Exception] = OutputError) -> dic
         return json.loads(path.read_text())
     except ValueError as exc:
         raise error(f"{path} is unreadable ({exc}); {fix}") from exc
+
+
+def dft_outputs(folder: Path, include_contcar: bool = False) -> list[str]:
+    """Names of DFT output files in ``folder`` (with ``CONTCAR*`` too if ``include_contcar``)."""
+    patterns = DFT_OUTPUT_PATTERNS + (("CONTCAR*",) if include_contcar else ())
+    return sorted({path.name for pattern in patterns for path in folder.glob(pattern)})
 
 
 def is_distortion_dir(path: Path) -> bool:
@@ -213,7 +231,7 @@ def check_ml_defect_dir(ml_defect_dir: Path, defect: str) -> None:
             "are never written into it. Choose another ML tree (--output / output=)."
         )
     for child in ml_defect_dir.iterdir():
-        if child.is_dir() and any((child / name).exists() for name in DFT_OUTPUTS):
+        if child.is_dir() and dft_outputs(child):
             raise OutputError(
                 f"{child} holds DFT output files; the ML tree must be separate from the DFT tree. "
                 "Choose another ML tree (--output / output=)."

@@ -36,7 +36,6 @@ mean of the site and neighbour-shell distances.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import METADATA_FILE, PROVENANCE_FILE, STRUCTURE_INPUTS, read_input_structure
+from snb_ml.snbtree import METADATA_FILE, PROVENANCE_FILE, STRUCTURE_INPUTS, load_json, read_input_structure
 
 SITE_TOLERANCE = 0.5  # Å: an atom this close to unique_site in Unperturbed sits on the defect site
 SHELL_TOLERANCE = 1.15  # nearest-neighbour shell: atoms within this factor of the closest distance
@@ -111,14 +110,7 @@ class DefectSite:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(
-            f"{path} is not valid JSON ({exc}); copy it again from the ShakeNBreak tree."
-        ) from exc
+    data = load_json(path, "copy it again from the ShakeNBreak tree.", error=InputError)
     return data if isinstance(data, dict) else None
 
 
