@@ -25,6 +25,10 @@ class RunSettings:
         progress: Show progress bars.
         threads: CPU threads for torch (``None``: torch's default). Use 1 per process when several
             runs share the cores; oversubscribed cores slow model calls by an order of magnitude.
+        engine: ``auto`` (batched where the backend supports it and it is faster, else sequential),
+            ``batched`` or ``sequential``.
+        batch_size: Most structures relaxed together by the batched engine (``None``: chosen from
+            atom counts and device memory).
     """
 
     relaxer: str = "chgnet"
@@ -38,6 +42,8 @@ class RunSettings:
     force: bool = False
     progress: bool = True
     threads: int | None = None
+    engine: str = "auto"
+    batch_size: int | None = None
 
     def signature(self) -> dict[str, Any]:
         """The settings that make results comparable; a rerun with other values refuses to mix them."""
