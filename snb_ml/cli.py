@@ -68,3 +68,8 @@ def plugins() -> None:
 main.add_command(select)
 main.add_command(pairs)
 main.add_command(free_energy)
+
+from snb_ml.cli_dataset import dataset, pick_hybrid  # noqa: E402
+
+main.add_command(dataset)
+main.add_command(pick_hybrid)

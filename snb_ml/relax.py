@@ -119,6 +119,86 @@ def _sample(frames: list[Atoms], count: int) -> list[Atoms]:
     return [frames[i] for i in indices]
 
 
+class RelaxationTracker:
+    """Guards, sampled frames and the final record of one relaxation.
+
+    Shared by the sequential engine (:func:`relax`) and the batched engine, so both stop, sample and
+    report a structure in exactly the same way.
+
+    Args:
+        atoms: The starting structure.
+        settings: Relaxation settings.
+        reference_distance: Bulk-like nearest-neighbour distance in Å for the explosion guard;
+            defaults to the shortest distance in ``atoms``.
+    """
+
+    def __init__(self, atoms: Atoms, settings: RelaxSettings, reference_distance: float | None = None):
+        self.settings = settings
+        start_distance = min_interatomic_distance(atoms)
+        self.reference = reference_distance if reference_distance else start_distance
+        # A rattled start may already sit below the threshold; only a further collapse counts.
+        limit = min(settings.min_distance_fraction * self.reference, 0.8 * start_distance)
+        self.distance_limit = limit if np.isfinite(limit) else 0.0  # no neighbours within 4 Å
+        self.frames: list[Atoms] = []
+        self.last_good = atoms.copy()
+        self.status = UNCONVERGED
+        self.message = f"not converged to fmax {settings.fmax} eV/Å in {settings.steps} steps"
+        self.energy = self.start_energy = self.max_force = float("nan")
+        self.step = 0
+        self.start = time.perf_counter()
+
+    def observe(self, atoms: Atoms, energy: float, forces: np.ndarray, step: int) -> bool:
+        """Record the model's answer at ``step``; return True when the relaxation must stop.
+
+        Args:
+            atoms: The current structure (copied, not kept).
+            energy: Its energy in eV.
+            forces: Its forces in eV/Å.
+            step: Optimizer step (0 for the starting structure).
+        """
+        self.step = step
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            self.status, self.message = EXPLODED, f"model returned non-finite energy/forces at step {step}"
+            self.energy = float("nan")
+            return True
+        self.energy = energy
+        if step == 0:
+            self.start_energy = energy
+        self.max_force = float(np.linalg.norm(forces, axis=1).max())
+        self.frames.append(_snapshot(atoms, energy, forces, step))
+        self.last_good = atoms.copy()
+        self.last_good.calc = None
+        distance = _has_pair_closer_than(atoms, self.distance_limit)
+        if distance is not None:
+            self.status = EXPLODED
+            self.message = (
+                f"atoms {distance:.2f} Å apart at step {step} (limit {self.distance_limit:.2f} Å, "
+                f"{self.settings.min_distance_fraction:g} x reference {self.reference:.2f} Å)"
+            )
+            return True
+        if energy - self.start_energy > self.settings.max_energy_rise:
+            self.status = EXPLODED
+            self.message = f"energy rose {energy - self.start_energy:.1f} eV above the start at step {step}"
+            return True
+        if self.max_force < self.settings.fmax:  # ASE's criterion: largest atomic force below fmax
+            self.status, self.message = CONVERGED, ""
+            return True
+        return step >= self.settings.steps
+
+    def result(self) -> RelaxResult:
+        """The relaxation's outcome (the last finite geometry for runs stopped by a guard)."""
+        return RelaxResult(
+            atoms=self.last_good,
+            energy=self.energy,
+            status=self.status,
+            steps=self.step,
+            seconds=time.perf_counter() - self.start,
+            max_force=self.max_force,
+            message=self.message,
+            frames=_sample(self.frames, self.settings.trajectory_frames),
+        )
+
+
 def relax(
     atoms: Atoms,
     calculator: Any,
@@ -144,61 +224,12 @@ def relax(
     settings = settings or RelaxSettings()
     work = atoms.copy()
     work.calc = calculator
-    start_distance = min_interatomic_distance(work)
-    reference = reference_distance if reference_distance else start_distance
-    # A rattled start may already sit below the threshold; only a further collapse counts.
-    distance_limit = min(settings.min_distance_fraction * reference, 0.8 * start_distance)
-    if not np.isfinite(distance_limit):  # no neighbours within 4 Å: nothing to compare against
-        distance_limit = 0.0
-
-    optimizer_class = getattr(optimize, settings.optimizer.upper())
-    optimizer = optimizer_class(work, logfile=None)
-    frames: list[Atoms] = []
-    last_good = work.copy()
-    start = time.perf_counter()
-    status, message = UNCONVERGED, f"not converged to fmax {settings.fmax} eV/Å in {settings.steps} steps"
-    energy = start_energy = float("nan")
-    max_force = float("nan")
-    step = 0
-    for step, is_converged in enumerate(optimizer.irun(fmax=settings.fmax, steps=settings.steps)):
-        forces = work.get_forces()
-        energy = float(work.get_potential_energy())
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            status, message = EXPLODED, f"model returned non-finite energy/forces at step {step}"
-            energy = float("nan")
-            break
-        if step == 0:
-            start_energy = energy
-        max_force = float(np.linalg.norm(forces, axis=1).max())
-        frames.append(_snapshot(work, energy, forces, step))
-        last_good = work.copy()
+    tracker = RelaxationTracker(work, settings, reference_distance)
+    optimizer = getattr(optimize, settings.optimizer.upper())(work, logfile=None)
+    for step, _ in enumerate(optimizer.irun(fmax=settings.fmax, steps=settings.steps)):
+        stop = tracker.observe(work, float(work.get_potential_energy()), work.get_forces(), step)
         if on_step is not None:
             on_step(step)
-        distance = _has_pair_closer_than(work, distance_limit)
-        if distance is not None:
-            status = EXPLODED
-            message = (
-                f"atoms {distance:.2f} Å apart at step {step} (limit {distance_limit:.2f} Å, "
-                f"{settings.min_distance_fraction:g} x reference {reference:.2f} Å)"
-            )
+        if stop:
             break
-        if energy - start_energy > settings.max_energy_rise:
-            status = EXPLODED
-            message = f"energy rose {energy - start_energy:.1f} eV above the start at step {step}"
-            break
-        if is_converged:
-            status, message = CONVERGED, ""
-            break
-    seconds = time.perf_counter() - start
-    final = last_good
-    final.calc = None
-    return RelaxResult(
-        atoms=final,
-        energy=energy,
-        status=status,
-        steps=step,
-        seconds=seconds,
-        max_force=max_force,
-        message=message,
-        frames=_sample(frames, settings.trajectory_frames),
-    )
+    return tracker.result()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ase import Atoms
+
 from snb_ml import __version__
 from snb_ml.atomic import atomic_path, remove_stale_temporaries, write_text
 from snb_ml.errors import InputError, OutputError, SnbMlError
@@ -32,6 +34,7 @@ from snb_ml.snbtree import (
     TRAJECTORY_FILE,
     DefectInput,
     check_ml_defect_dir,
+    defect_site_fractional,
     load_json,
     locate_defects,
     parse_charge,
@@ -94,6 +97,7 @@ class RunReport:
     defects: list[DefectReport]
     model: dict[str, Any]
     seconds: float
+    engine: str = "sequential"
 
     @property
     def failed(self) -> bool:
@@ -141,7 +145,11 @@ def _write_trajectory(frames, target: Path, info: dict[str, Any]) -> None:
 
 
 class _DefectRun:
-    """Relaxes the distortions of one defect into its ML tree folder."""
+    """Relaxes the distortions of one defect into its ML tree folder.
+
+    ``open`` takes the defect's lock and lists the distortions still to relax (``pending``); each
+    relaxation's outcome goes through ``finish``, whichever engine produced it; ``close`` unlocks.
+    """
 
     def __init__(
         self,
@@ -158,8 +166,14 @@ class _DefectRun:
         self.settings = settings
         self.report = DefectReport(name=defect.name, ml_directory=self.ml_dir)
         self.provenance: dict[str, Any] = {}
+        self.pending: list[tuple[str, Atoms]] = []
+        self.reference: float | None = None
+        self._lock: Any = None
+        self._folders: list[str] = []
+        self._deferred: list[tuple[str, RelaxResult | Exception]] = []
 
-    def run(self, warn_charge_blind: list[bool]) -> DefectReport:
+    def open(self, warn_charge_blind: list[bool]) -> None:
+        """Lock the defect's ML folder, start its provenance and list the pending distortions."""
         from filelock import FileLock, Timeout
 
         check_ml_defect_dir(self.ml_dir, self.defect.name)
@@ -177,17 +191,21 @@ class _DefectRun:
                 f"Cannot write the ML tree at {self.ml_dir} ({exc.strerror or exc}). Pass --output a "
                 "writable directory."
             ) from exc
+        self._lock = lock
         try:
-            return self._run_locked(warn_charge_blind)
-        finally:
-            lock.release()
+            self._prepare(warn_charge_blind)
+        except BaseException:
+            self.close()
+            raise
 
-    def _run_locked(self, warn_charge_blind: list[bool]) -> DefectReport:
-        if self.settings.progress:
-            from tqdm.auto import tqdm
-        else:  # tqdm.auto warns in notebooks without ipywidgets even for a disabled bar
-            from tqdm.std import tqdm
+    def close(self) -> None:
+        """Release the defect's lock; the report lists the distortions in folder order."""
+        self.report.records = {f: self.report.records[f] for f in self._folders if f in self.report.records}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
+    def _prepare(self, warn_charge_blind: list[bool]) -> None:
         remove_stale_temporaries(self.ml_dir)
         charge = self.settings.charge if self.settings.charge is not None else parse_charge(self.defect)
         self.report.charge = charge
@@ -198,24 +216,110 @@ class _DefectRun:
                 f"Model '{self.model.name}' has no charge embedding: defect charges (e.g. {charge:+d} for "
                 f"{self.defect.name}) are ignored; every charge state is relaxed as the same neutral-like "
                 "system.",
-                stacklevel=2,
+                stacklevel=3,
             )
         self._copy_metadata()
-        folders = self.defect.distortion_folders()
-        reference = self._reference_distance()
+        self._folders = self.defect.distortion_folders()
+        self.reference = self._reference_distance()
+        site = defect_site_fractional(self.defect.directory)
+        for folder in self._folders:
+            existing = self._existing(folder)
+            if existing is not None:
+                self.report.records[folder] = existing
+                continue
+            try:
+                atoms = self._starting_structure(folder, charge, site)
+            except SnbMlError as exc:
+                record = DistortionRecord(folder=folder, status="error", message=str(exc))
+                print(f"Error in {self.defect.name}/{folder}: {exc}")
+                self._save(record)
+                self.report.records[folder] = record
+                continue
+            self.pending.append((folder, atoms))
+
+    def _starting_structure(self, folder: str, charge: int, site: Any) -> Atoms:
+        atoms = read_input_structure(self.defect.directory / folder)
+        self.model.check_elements(atoms.get_chemical_symbols(), f"{self.defect.name}/{folder}")
+        # An unconverged earlier run continues from where it stopped, like a DFT restart.
+        restart = self.ml_dir / folder / "CONTCAR"
+        if restart.is_file() and not self.settings.force:
+            from ase.io import read
+
+            atoms.positions = read(restart, format="vasp").positions
+        atoms.info["charge"] = charge
+        if site is not None:
+            atoms.info["defect_site"] = [float(x) for x in atoms.cell.cartesian_positions(site)]
+        prepare = getattr(self.model, "prepare_atoms", None)
+        if prepare is not None:  # e.g. per-atom defect-charge features of site-charge models
+            prepare(atoms)
+        return atoms
+
+    def relax_sequentially(self) -> None:
+        """Relax the pending distortions one after the other with the model's ASE calculator."""
+        if self.settings.progress:
+            from tqdm.auto import tqdm
+        else:  # tqdm.auto warns in notebooks without ipywidgets even for a disabled bar
+            from tqdm.std import tqdm
+
         with tqdm(
-            total=len(folders),
+            total=len(self._folders),
+            initial=len(self._folders) - len(self.pending),
             desc=self.defect.name,
             unit="relax",
             mininterval=0.5,
             leave=True,
             disable=not self.settings.progress,
         ) as bar:
-            for folder in folders:
-                record = self._relax_one(folder, charge, reference, bar)
-                self.report.records[folder] = record
+            for folder, atoms in self.pending:
+                bar.set_postfix_str(folder)
+
+                def on_step(step: int, folder: str = folder) -> None:
+                    if step % 10 == 0:
+                        bar.set_postfix_str(f"{folder} step {step}")
+
+                try:
+                    outcome: RelaxResult | Exception = relax(
+                        atoms, self.model.calculator, self.settings.relax, self.reference, on_step
+                    )
+                except SnbMlError:
+                    raise
+                except Exception as exc:  # the model crashed on this structure: report it, go on
+                    outcome = exc
+                self.finish(folder, outcome, bar.write)
                 bar.update(1)
-        return self.report
+        self.pending = []
+
+    def finish(self, folder: str, outcome: RelaxResult | Exception, echo: Any = print) -> None:
+        """Write one relaxation's outputs (or its error) into the ML tree.
+
+        A distortion that finishes before Unperturbed waits for it: ``_High_Energy`` is judged
+        against the Unperturbed energy.
+        """
+        unperturbed_running = folder != "Unperturbed" and any(f == "Unperturbed" for f, _ in self.pending)
+        if unperturbed_running and "Unperturbed" not in self.report.records:
+            self._deferred.append((folder, outcome))
+            return
+        self._finish_now(folder, outcome, echo)
+        if folder == "Unperturbed":
+            deferred, self._deferred = self._deferred, []
+            for other, other_outcome in deferred:
+                self._finish_now(other, other_outcome, echo)
+
+    def _finish_now(self, folder: str, outcome: RelaxResult | Exception, echo: Any) -> None:
+        where = f"{self.defect.name}/{folder}"
+        if isinstance(outcome, Exception):
+            record = DistortionRecord(
+                folder=folder, status="error", message=f"{type(outcome).__name__}: {outcome}"
+            )
+            echo(f"Error in {where}: {record.message}")
+            self._save(record)
+        else:
+            self._classify_high_energy(folder, outcome)
+            source = self.defect.directory / folder
+            record = self._write_outputs(folder, source, outcome, self.report.charge or 0)
+            if record.status == EXPLODED:
+                echo(f"{where}: stopped ({outcome.message}); saved as {record.output_folder}")
+        self.report.records[folder] = record
 
     def _start_provenance(self, charge: int) -> None:
         previous = _load_provenance(self.ml_dir)
@@ -264,48 +368,6 @@ class _DefectRun:
         if not (output / "CONTCAR").is_file():
             return None
         return DistortionRecord(**stored, skipped=True)
-
-    def _relax_one(self, folder: str, charge: int, reference: float | None, bar) -> DistortionRecord:
-        existing = self._existing(folder)
-        if existing is not None:
-            return existing
-        source = self.defect.directory / folder
-        where = f"{self.defect.name}/{folder}"
-        try:
-            atoms = read_input_structure(source)
-            self.model.check_elements(atoms.get_chemical_symbols(), where)
-        except SnbMlError as exc:
-            record = DistortionRecord(folder=folder, status="error", message=str(exc))
-            bar.write(f"Error in {where}: {exc}")
-            self._save(record)
-            return record
-        # An unconverged earlier run continues from where it stopped, like a DFT restart.
-        restart = self.ml_dir / folder / "CONTCAR"
-        if restart.is_file() and not self.settings.force:
-            from ase.io import read
-
-            atoms.positions = read(restart, format="vasp").positions
-        atoms.info["charge"] = charge
-        bar.set_postfix_str(folder)
-
-        def on_step(step: int) -> None:
-            if step % 10 == 0:
-                bar.set_postfix_str(f"{folder} step {step}")
-
-        try:
-            result = relax(atoms, self.model.calculator, self.settings.relax, reference, on_step)
-        except SnbMlError:
-            raise
-        except Exception as exc:  # the model crashed on this structure: report it, keep the others going
-            record = DistortionRecord(folder=folder, status="error", message=f"{type(exc).__name__}: {exc}")
-            bar.write(f"Error in {where}: {record.message}")
-            self._save(record)
-            return record
-        self._classify_high_energy(folder, result)
-        record = self._write_outputs(folder, source, result, charge)
-        if record.status == EXPLODED:
-            bar.write(f"{where}: stopped ({result.message}); saved as {record.output_folder}")
-        return record
 
     def _classify_high_energy(self, folder: str, result: RelaxResult) -> None:
         reference = self.report.unperturbed_energy
@@ -409,18 +471,38 @@ def run_tree(
         )
     model = model or load_model(settings)
     warn_charge_blind = [True]
-    reports = []
+    runs: list[_DefectRun] = []
     for defect in selected:
-        runner = _DefectRun(defect, ml_top, model, settings, input_label)
+        run = _DefectRun(defect, ml_top, model, settings, input_label)
         try:
-            reports.append(runner.run(warn_charge_blind))
+            run.open(warn_charge_blind)
         except SnbMlError as exc:
-            runner.report.error = str(exc)
-            reports.append(runner.report)
+            run.report.error = str(exc)
             print(f"Error for {defect.name}: {exc}")
+            run.close()
+        runs.append(run)
+    opened = [run for run in runs if run.report.error is None]
+    from snb_ml.batch.tree import choose_engine, relax_runs_batched
+
+    engine = choose_engine(settings, model, sum(len(run.pending) for run in opened))
+    try:
+        if engine == "batched":
+            relax_runs_batched(opened, model, settings)
+        for run in opened:
+            try:
+                if run.pending:
+                    run.relax_sequentially()
+            except SnbMlError as exc:
+                run.report.error = str(exc)
+                print(f"Error for {run.defect.name}: {exc}")
+            run.close()
+    finally:
+        for run in opened:
+            run.close()
     return RunReport(
         ml_tree=ml_top,
-        defects=reports,
+        engine=engine,
+        defects=[run.report for run in runs],
         model={"name": model.name, "version": model.version, "charge_aware": model.charge_aware},
         seconds=time.perf_counter() - start,
     )

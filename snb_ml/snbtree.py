@@ -90,6 +90,29 @@ class DefectInput:
         return sorted(names, key=lambda name: (name != "Unperturbed", name))
 
 
+def defect_site_fractional(defect_dir: Path) -> list[float] | None:
+    """The defect's site in fractional coordinates, from ShakeNBreak's ``distortion_metadata.json``.
+
+    ShakeNBreak records ``defects.<name>.unique_site`` for every defect it distorted; the folder's own
+    metadata file holds only that defect (or the entry whose name the folder name starts with).
+
+    Args:
+        defect_dir: A defect folder of a ShakeNBreak tree.
+
+    Returns:
+        Three fractional coordinates, or ``None`` when the metadata is absent or ambiguous.
+    """
+    try:
+        metadata = load_json(defect_dir / METADATA_FILE, "", InputError) or {}
+    except InputError:
+        return None
+    entries = metadata.get("defects") or {}
+    stem = defect_dir.name.rsplit("_", 1)[0]
+    matches = [data for name, data in entries.items() if len(entries) == 1 or name.startswith(stem)]
+    sites = {tuple(data["unique_site"]) for data in matches if data.get("unique_site") is not None}
+    return [float(x) for x in sites.pop()] if len(sites) == 1 else None
+
+
 def locate_defects(path: str | Path, defects: list[str] | None = None) -> tuple[Path, list[DefectInput]]:
     """Find the defect folders to relax.
 

@@ -22,6 +22,7 @@ def build_tiny_mace(
     charge_embedding: bool = False,
     heads: Sequence[str] | None = None,
     seed: int = 0,
+    charge_mode: str | None = None,
 ) -> Path:
     """Build a small random ``ScaleShiftMACE`` (r_max 5, 8 channels, max_L 0, 2 interactions) and save it.
 
@@ -32,6 +33,8 @@ def build_tiny_mace(
             the model reads ``atoms.info["charge"]`` through ``MACECalculator``.
         heads: Readout heads (e.g. ``["pbe", "hse"]``); ``None`` for a single ``Default`` head.
         seed: Seed of the random weights (same seed, same model).
+        charge_mode: Instead of ``charge_embedding``, a charge mode of :mod:`snb_ml.models`
+            (``"site"``, ``"global"``, ``"intensive"``) whose embedding spec to use.
 
     Returns:
         The path written.
@@ -46,6 +49,11 @@ def build_tiny_mace(
     o3 = importlib.import_module("e3nn.o3")
 
     path = Path(path)
+    specs = {k: dict(v) for k, v in CHARGE_SPEC.items()} if charge_embedding else None
+    if charge_mode is not None:
+        from snb_ml.models import charge_embedding_specs
+
+        specs = charge_embedding_specs(charge_mode, emb_dim=8)
     z_list = sorted(int(z) for z in z_list)
     head_names = list(heads) if heads else None
     n_heads = len(head_names) if head_names else 1
@@ -77,12 +85,12 @@ def build_tiny_mace(
             gate=torch.nn.functional.silu,
             radial_MLP=[8, 8],
             heads=head_names,
-            embedding_specs={k: dict(v) for k, v in CHARGE_SPEC.items()} if charge_embedding else None,
+            embedding_specs=specs,
             # Random weights give gentle forces (~0.01-0.1 eV/Å on CdTe): a few FIRE steps, no explosions.
             atomic_inter_scale=[1.0] * n_heads if n_heads > 1 else 1.0,
             atomic_inter_shift=[0.0] * n_heads if n_heads > 1 else 0.0,
         )
-        if charge_embedding:
+        if specs:
             # PyTorch's default init is random (not zero), but make sure the charge really moves the
             # energy: a deterministic, clearly non-zero perturbation of every embedding weight.
             generator = torch.Generator().manual_seed(seed + 1)

@@ -41,9 +41,21 @@ class LoadedModel:
         calculator: The ASE calculator.
         name: Human-readable model name recorded in the provenance file.
         version: Version of the package or model file that produced the energies.
-        charge_aware: True when the model reads ``atoms.info["charge"]`` (total charge embedding).
+        charge_aware: True when the model's energies depend on the charge state
+            (``atoms.info["charge"]``), whatever the charge mode.
         supported_numbers: Atomic numbers the model can describe, or ``None`` if unknown.
         head: Readout head in use, if the model has several.
+        charge_mode: How a charge-aware model sees the charge (``"site"``, ``"global"``,
+            ``"intensive"``, see :mod:`snb_ml.models`), or ``None``.
+        prepare_atoms: Optional hook the runner calls on each structure before relaxing it, after
+            setting ``atoms.info["charge"]`` (int) and, when known, ``atoms.info["defect_site"]``
+            (three Cartesian floats, Å). It writes whatever else the model reads (e.g. the per-atom
+            ``atoms.arrays["defect_charge"]`` of ``site`` models), in place, once per relaxation, so
+            the features stay fixed while atoms move. It raises :class:`ModelError` when the
+            structure lacks what the model needs. ``None``: nothing to prepare.
+        batch_evaluator: Optional evaluator of many structures per model call for the batched
+            engine (see :class:`snb_ml.batch.BatchEvaluator`); ``None``: snb_ml picks one for
+            CHGNet and MACE calculators, and other calculators run one structure at a time.
     """
 
     calculator: Any
@@ -52,6 +64,9 @@ class LoadedModel:
     charge_aware: bool = False
     supported_numbers: frozenset[int] | None = None
     head: str | None = None
+    charge_mode: str | None = None
+    prepare_atoms: Callable[[Any], None] | None = None
+    batch_evaluator: Any = None
 
     def check_elements(self, symbols: Iterable[str], where: str) -> None:
         """Raise :class:`ModelError` if the model cannot describe every element in ``symbols``.

@@ -16,6 +16,22 @@ DEFAULT_MODEL = "0.3.0"
 CHGNET_MAX_Z = 94  # CHGNet's composition model embeds elements 1..94
 
 
+def _energy_forces_calculator(calculator_class):
+    class EnergyForcesCHGNetCalculator(calculator_class):
+        """CHGNet's calculator computing stress and magnetic moments only when asked for.
+
+        Fixed-cell relaxations need energies and forces; CHGNet's default task ("efsm") also
+        differentiates with respect to strain and evaluates the magnetic-moment head at every step.
+        """
+
+        def calculate(self, atoms=None, properties=None, system_changes=None, task=None):
+            wanted = set(properties or ("energy", "forces", "stress", "magmoms"))
+            task = task or "ef" + ("s" if "stress" in wanted else "") + ("m" if "magmoms" in wanted else "")
+            super().calculate(atoms, list(wanted | {"energy", "forces"}), system_changes, task=task)
+
+    return EnergyForcesCHGNetCalculator
+
+
 def load_chgnet(request: CalculatorRequest) -> LoadedModel:
     """Load a CHGNet calculator: a bundled pretrained model by name, or a saved model file.
 
@@ -46,7 +62,9 @@ def load_chgnet(request: CalculatorRequest) -> LoadedModel:
                 f"CHGNet model '{name}' is neither a bundled model ({', '.join(PRETRAINED)}) nor an "
                 "existing file. Pass --model with one of those names or a path to a saved CHGNet model."
             )
-        calculator = CHGNetCalculator(model=model, use_device=request.device, **request.options)
+        calculator = _energy_forces_calculator(CHGNetCalculator)(
+            model=model, use_device=request.device, **request.options
+        )
     return LoadedModel(
         calculator=calculator,
         name=f"CHGNet {name}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,50 @@ def _load_torch_model(path: str, device: str) -> Any:
 
 
 def is_charge_aware(model: Any) -> bool:
-    """Return True if a MACE model embeds the global ``total_charge``.
+    """Return True if a MACE model embeds the charge state (any mode of :mod:`snb_ml.models`).
 
     Args:
         model: A loaded MACE ``torch.nn.Module``.
     """
-    specs = getattr(model, "embedding_specs", None) or {}
-    return any(name == CHARGE_KEY or spec.get("key") == CHARGE_KEY for name, spec in specs.items())
+    from snb_ml.models.charge import detect_charge_mode
+
+    return detect_charge_mode(model) is not None
+
+
+def charge_preparer(mode: str | None, name: str, radius: float | None = None) -> Callable[[Any], None] | None:
+    """Return the ``LoadedModel.prepare_atoms`` hook for a model of charge ``mode``.
+
+    Args:
+        mode: ``"site"``, ``"global"``, ``"intensive"`` or ``None`` (charge-blind: no hook).
+        name: Model name for messages.
+        radius: Defect marker radius (Å) of ``site`` models; ``None`` for the default
+            (:data:`snb_ml.models.MARKER_RADIUS_FACTOR` times the bulk-like bond length).
+
+    Returns:
+        A callable that annotates an ``Atoms`` in place, or ``None``.
+    """
+    if mode is None:
+        return None
+    from snb_ml.models.charge import CHARGE_INFO_KEY, SITE_INFO_KEY, annotate_atoms
+
+    def prepare_atoms(atoms: Any) -> None:
+        # MACE would silently read a missing charge as 0: insist on it.
+        if atoms.info.get(CHARGE_INFO_KEY) is None:
+            raise ModelError(
+                f"Model '{name}' is charge-aware but the structure has no atoms.info['{CHARGE_INFO_KEY}']; "
+                "set it to the integer charge state of the supercell."
+            )
+        site = atoms.info.get(SITE_INFO_KEY)
+        if mode == "site" and site is None:
+            raise ModelError(
+                f"Model '{name}' reads the charge at the defect site (charge mode 'site'), but the structure "
+                f"has no atoms.info['{SITE_INFO_KEY}']. snb_ml sets it from ShakeNBreak's "
+                "distortion_metadata.json; for other structures set atoms.info['defect_site'] to the "
+                "Cartesian defect position in Å, or use a model with a global charge embedding."
+            )
+        annotate_atoms(atoms, atoms.info[CHARGE_INFO_KEY], site, mode=mode, radius=radius)
+
+    return prepare_atoms
 
 
 def load_mace(request: CalculatorRequest) -> LoadedModel:
@@ -105,10 +143,13 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
 
     Args:
         request: ``model`` is a path or a MACE-MP name (``small``, ``medium-mpa-0``, ...); ``head``
-            selects the readout of multi-head models; ``dtype`` defaults to ``float64``.
+            selects the readout of multi-head models; ``dtype`` defaults to ``float64``;
+            ``options["marker_radius"]`` (Å) overrides the defect marker radius of ``site`` models;
+            other options go to ``MACECalculator``.
 
     Returns:
-        The loaded model; ``charge_aware`` is set when the model has a total-charge embedding.
+        The loaded model; ``charge_aware``, ``charge_mode`` and ``prepare_atoms`` are set when the
+        model has a charge embedding (see :mod:`snb_ml.models`).
     """
     spec = request.model
     if not spec:
@@ -145,20 +186,36 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         head = lowered.get("hse") or lowered.get("default") or heads[-1]
     dtype = request.dtype or "float64"
     model = model.double() if dtype == "float64" else model.float()
+    from snb_ml.models.charge import detect_charge_mode
+
+    mode = detect_charge_mode(model)
+    options = dict(request.options)
+    radius = options.pop("marker_radius", None)
+    arrays_keys = dict(options.pop("arrays_keys", None) or {})
+    # Per-atom charge features (site, intensive) come from atoms.arrays under the spec's own name.
+    # Only arrays_keys is passed: info_keys stays MACE's default, which maps total_charge to info["charge"].
+    for feature, feature_spec in (getattr(model, "embedding_specs", None) or {}).items():
+        if feature_spec.get("per") == "atom":
+            arrays_keys.setdefault(feature, feature_spec.get("key", feature))
+    if arrays_keys:
+        options["arrays_keys"] = arrays_keys
+    name = f"MACE {Path(spec).name}"
     calculator = MACECalculator(
         models=model,
         device=request.device,
         default_dtype=dtype,
         head=head if len(heads) > 1 else None,
-        **request.options,
+        **options,
     )
     return LoadedModel(
         calculator=calculator,
-        name=f"MACE {Path(spec).name}",
+        name=name,
         version=f"mace-torch {getattr(mace, '__version__', 'unknown')}",
-        charge_aware=is_charge_aware(model),
+        charge_aware=mode is not None,
         supported_numbers=frozenset(int(z) for z in model.atomic_numbers),
         head=head if len(heads) > 1 else None,
+        charge_mode=mode,
+        prepare_atoms=charge_preparer(mode, name, radius),
     )
 
 

@@ -1,0 +1,108 @@
+"""Finding calculations in ShakeNBreak, doped and snb_ml ML trees, and naming them (defect, charge, kind).
+
+Recognised layouts (any depth below the paths given):
+
+- ShakeNBreak: ``<defect>_<charge>/<distortion>/OUTCAR`` (``Bond_Distortion_*``, ``Unperturbed``, ...).
+- doped: ``<defect>_<charge>/vasp_std/OUTCAR`` (any ``vasp_*`` subfolder: ``vasp_gam``, ``vasp_ncl``, ...).
+- flat: ``<defect>_<charge>/OUTCAR``.
+- bulk: any calculation with ``bulk`` in a folder name of its path (case-insensitive).
+- snb_ml ML trees: ``<ml_tree>/<defect>/<distortion>/snb_ml_trajectory.extxyz`` (only when asked).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from snb_ml.data.vasp import output_files
+from snb_ml.snbtree import HIGH_ENERGY_SUFFIX, TRAJECTORY_FILE, is_distortion_dir
+
+_CHARGE = re.compile(r"_([+-]?\d+)$")
+_VASP_SUBFOLDER = re.compile(r"^vasp_\w+$")
+_SKIP_DIRS = {".git", "__pycache__", ".snb_ml_handoff"}
+
+
+@dataclass(frozen=True)
+class Calculation:
+    """One relaxation (or single point): a folder with VASP outputs or an ML trajectory."""
+
+    folder: Path
+    root: Path
+    defect_folder: Path
+    kind: str  # "defect", "bulk" or "ml"
+    files: tuple[Path, ...]
+
+    @property
+    def relaxation(self) -> str:
+        """The folder relative to the parent of the input path it was found under (a stable id)."""
+        return self.folder.relative_to(self.root.parent).as_posix()
+
+    @property
+    def name_charge(self) -> int | None:
+        """Charge written in the defect folder's name (``v_Cd_-2`` -> -2), ``None`` if absent."""
+        match = _CHARGE.search(self.defect_folder.name)
+        return int(match.group(1)) if match else None
+
+    @property
+    def defect(self) -> str:
+        """Defect name without the charge suffix (the bulk folder's name for bulk calculations)."""
+        return _CHARGE.sub("", self.defect_folder.name) if self.kind != "bulk" else self.defect_folder.name
+
+    @property
+    def defect_charge_name(self) -> str:
+        """Defect folder name with charge (``Mg_O_+2``)."""
+        return self.defect_folder.name
+
+
+def _defect_folder(folder: Path, root: Path) -> Path:
+    if (is_distortion_dir(folder) or _VASP_SUBFOLDER.match(folder.name)) and folder != root:
+        return folder.parent
+    return folder
+
+
+def _is_bulk(folder: Path, root: Path) -> bool:
+    parts = folder.relative_to(root.parent).parts
+    return any("bulk" in part.lower() for part in parts)
+
+
+def find_calculations(paths: list[Path], include_ml: bool = False) -> list[Calculation]:
+    """Every calculation folder below ``paths``, sorted by path.
+
+    Folders named ``*_High_Energy`` (ShakeNBreak's discarded distortions) are still harvested: their
+    frames are real DFT data.
+
+    Args:
+        paths: Top-level folders (or single calculation folders).
+        include_ml: Also collect snb_ml ML-tree trajectories (``snb_ml_trajectory.extxyz``).
+    """
+    found: dict[Path, Calculation] = {}
+    for given in paths:
+        root = Path(given).resolve()
+        for folder in _walk(root):
+            trajectory = folder / TRAJECTORY_FILE
+            if trajectory.is_file():
+                if include_ml:
+                    defect_folder = folder.parent if folder != root else folder
+                    found[folder] = Calculation(folder, root, defect_folder, "ml", (trajectory,))
+                continue
+            files = output_files(folder)
+            if not files:
+                continue
+            kind = "bulk" if _is_bulk(folder, root) else "defect"
+            found[folder] = Calculation(folder, root, _defect_folder(folder, root), kind, tuple(files))
+    return [found[key] for key in sorted(found)]
+
+
+def _walk(root: Path):
+    if not root.is_dir():
+        return
+    yield root
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name not in _SKIP_DIRS and not child.is_symlink():
+            yield from _walk(child)
+
+
+def is_high_energy(calculation: Calculation) -> bool:
+    """True for ShakeNBreak's ``*_High_Energy`` distortion folders."""
+    return HIGH_ENERGY_SUFFIX in calculation.folder.name

@@ -1,0 +1,212 @@
+"""The batched engine: same minima as the sequential engine, faults isolated to one batch member."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read
+
+from snb_ml.batch import BatchJob, batch_evaluator_for, relax_batched
+from snb_ml.batch.evaluators import CalculatorLoopEvaluator
+from snb_ml.batch.tree import choose_engine
+from snb_ml.errors import InputError
+from snb_ml.relax import CONVERGED, EXPLODED, RelaxSettings, relax
+from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
+from snb_ml.runner import run_tree
+from snb_ml.settings import RunSettings
+
+try:
+    from mace_models import build_tiny_mace
+except ImportError:  # tests/ imported as a package
+    from tests.mace_models import build_tiny_mace
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*charge embedding.*:UserWarning"),
+]
+
+
+def copper_structures():
+    """Cu vacancies in three supercell sizes (15, 31 and 47 atoms), rattled differently: a mixed batch."""
+    structures = []
+    for seed, repeat in enumerate([(2, 2, 2), (2, 2, 3), (2, 2, 2), (1, 2, 2)]):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+        del atoms[0]
+        atoms.rattle(0.1, seed=seed)
+        atoms.info["tag"] = seed
+        structures.append(atoms)
+    return structures
+
+
+def relax_all(structures, evaluator, settings, **kwargs):
+    jobs = [BatchJob(i, atoms) for i, atoms in enumerate(structures)]
+    results = {job.key: result for job, result in relax_batched(jobs, evaluator, settings, **kwargs)}
+    return [results[i] for i in range(len(structures))]
+
+
+def assert_same_minima(sequential, batched, dr=0.01, de=1e-3):
+    for one, other in zip(sequential, batched, strict=True):
+        assert one.status == other.status == CONVERGED
+        assert abs(one.energy - other.energy) < de
+        assert np.abs(one.atoms.positions - other.atoms.positions).max() < dr
+
+
+def test_joining_and_leaving_batch_follows_the_sequential_path():
+    settings = RelaxSettings(fmax=0.02, trajectory_frames=4)
+    structures = copper_structures()
+    sequential = [relax(atoms, EMT(), settings) for atoms in structures]
+    # Three at a time: structures leave as they converge and the queued ones take their place.
+    batched = relax_all(structures, CalculatorLoopEvaluator(EMT()), settings, max_structures=3)
+    assert_same_minima(sequential, batched, dr=1e-9, de=1e-9)
+    assert [r.steps for r in sequential] == [r.steps for r in batched]
+    assert all(len(r.frames) == 4 and r.frames[-1].info["step"] == r.steps for r in batched)
+
+
+class FaultyEvaluator(CalculatorLoopEvaluator):
+    """EMT in a loop, with faults: NaN forces for one tagged structure, a crash for another, or OOM."""
+
+    def __init__(self, nan_tag=None, crash_tag=None, oom_above_atoms=None):
+        super().__init__(EMT())
+        self.nan_tag, self.crash_tag, self.oom_above_atoms = nan_tag, crash_tag, oom_above_atoms
+        self.calls = []
+
+    def evaluate(self, structures):
+        import torch
+
+        self.calls.append(sum(len(a) for a in structures))
+        if self.oom_above_atoms and self.calls[-1] > self.oom_above_atoms:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any(a.info.get("tag") == self.crash_tag for a in structures):
+            raise RuntimeError("model crashed on this structure")
+        energies, forces = super().evaluate(structures)
+        for index, atoms in enumerate(structures):
+            if atoms.info.get("tag") == self.nan_tag and len(self.calls) > 3:
+                forces[index] = np.full_like(forces[index], np.nan)
+        return energies, forces
+
+
+def test_nan_in_one_member_stops_only_that_member():
+    settings = RelaxSettings(fmax=0.02)
+    structures = copper_structures()
+    sequential = [relax(atoms, EMT(), settings) for atoms in structures]
+    batched = relax_all(structures, FaultyEvaluator(nan_tag=2), settings)
+    assert batched[2].status == EXPLODED and "non-finite" in batched[2].message
+    assert np.isfinite(batched[2].atoms.positions).all()
+    others = [i for i in range(4) if i != 2]
+    assert_same_minima([sequential[i] for i in others], [batched[i] for i in others], dr=1e-9, de=1e-9)
+
+
+def test_model_error_on_one_member_is_returned_for_it_alone():
+    structures = copper_structures()
+    batched = relax_all(structures, FaultyEvaluator(crash_tag=1), RelaxSettings(fmax=0.05))
+    assert isinstance(batched[1], RuntimeError)
+    assert all(batched[i].status == CONVERGED for i in (0, 2, 3))
+
+
+def test_out_of_memory_shrinks_the_batch_and_continues():
+    settings = RelaxSettings(fmax=0.02)
+    structures = copper_structures()
+    sequential = [relax(atoms, EMT(), settings) for atoms in structures]
+    evaluator = FaultyEvaluator(oom_above_atoms=100)
+    batched = relax_all(structures, evaluator, settings, max_atoms=1000)
+    assert_same_minima(sequential, batched, dr=1e-9, de=1e-9)
+    assert max(evaluator.calls) > 100 and evaluator.calls[-1] <= 100  # it tried, shrank, went on
+
+
+def test_batched_engine_runs_fire_only():
+    with pytest.raises(InputError, match="FIRE"):
+        list(relax_batched([], CalculatorLoopEvaluator(EMT()), RelaxSettings(optimizer="BFGS")))
+
+
+def cdte_starts(cdte_tree):
+    folders = ["Unperturbed", "Bond_Distortion_-30.0%", "Dimer"]
+    return [read(cdte_tree / "v_Cd_0" / folder / "POSCAR") for folder in folders]
+
+
+def test_chgnet_batched_matches_sequential(cdte_tree):
+    from snb_ml.relaxers.chgnet_backend import load_chgnet
+
+    loaded = load_chgnet(CalculatorRequest())
+    evaluator = batch_evaluator_for(loaded)
+    assert evaluator.batched and evaluator.name == "CHGNet"
+    settings = RelaxSettings(fmax=0.05)
+    structures = cdte_starts(cdte_tree)[:2]
+    sequential = [relax(atoms, loaded.calculator, settings) for atoms in structures]
+    assert_same_minima(sequential, relax_all(structures, evaluator, settings))
+
+
+@pytest.fixture(scope="module")
+def tiny_mace(tmp_path_factory):
+    return build_tiny_mace(tmp_path_factory.mktemp("batch_mace") / "charge.model", charge_embedding=True)
+
+
+def load_mace_model(path) -> LoadedModel:
+    from snb_ml.plugins import get_relaxer
+
+    return get_relaxer("mace").load(CalculatorRequest(model=str(path), device="cpu"))
+
+
+def test_mace_batched_matches_sequential_with_mixed_sizes_and_charges(cdte_tree, tiny_mace):
+    import torch
+
+    torch.set_num_threads(1)
+    loaded = load_mace_model(tiny_mace)
+    evaluator = batch_evaluator_for(loaded)
+    assert evaluator.batched and evaluator.name == "MACE"
+    structures = cdte_starts(cdte_tree)
+    smaller = structures[1].copy()[:40]  # a different size in the same batch
+    structures.append(smaller)
+    for charge, atoms in zip((-2, 0, 1, 2), structures, strict=True):
+        atoms.info["charge"] = charge  # charge-aware model: each member keeps its own charge
+    energies, _ = evaluator.evaluate(structures)
+    for atoms, batched_energy in zip(structures, energies, strict=True):
+        work = atoms.copy()
+        work.calc = loaded.calculator
+        assert abs(work.get_potential_energy() - batched_energy) < 1e-8
+    settings = RelaxSettings(fmax=0.05, steps=60)
+    sequential = [relax(atoms, loaded.calculator, settings) for atoms in structures]
+    batched = relax_all(structures, evaluator, settings)
+    for one, other in zip(sequential, batched, strict=True):
+        assert one.status == other.status and one.steps == other.steps
+        assert abs(one.energy - other.energy) < 1e-6
+        assert np.abs(one.atoms.positions - other.atoms.positions).max() < 1e-6
+
+
+def test_tree_run_batched_writes_what_sequential_writes(cdte_tree, tiny_mace, tmp_path):
+    import shutil
+
+    charged = cdte_tree / "v_Cd_-2"
+    shutil.copytree(cdte_tree / "v_Cd_0", charged)
+    common = {"relaxer": "mace", "model": str(tiny_mace), "progress": False}
+    common["relax"] = RelaxSettings(fmax=0.05, steps=40)
+    reports = {}
+    for engine in ("sequential", "batched"):
+        reports[engine] = run_tree(cdte_tree, RunSettings(engine=engine, **common), output=tmp_path / engine)
+        assert reports[engine].engine == engine and not reports[engine].failed
+    for one, other in zip(reports["sequential"].defects, reports["batched"].defects, strict=True):
+        assert list(one.records) == list(other.records) == ["Unperturbed", "Bond_Distortion_-30.0%", "Dimer"]
+        for folder, record in one.records.items():
+            assert record.status == other.records[folder].status
+            assert abs(record.energy - other.records[folder].energy) < 1e-6
+    # Different charges, different energies: the batch passed each member's own charge.
+    by_name = {d.name: d for d in reports["batched"].defects}
+    assert by_name["v_Cd_-2"].unperturbed_energy != by_name["v_Cd_0"].unperturbed_energy
+    import yaml
+
+    energies = yaml.safe_load((tmp_path / "batched" / "v_Cd_0" / "v_Cd_0.yaml").read_text())
+    assert set(energies) == {"Unperturbed", "distortions"} and set(energies["distortions"]) == {-0.3, "Dimer"}
+
+
+def test_engine_choice(tiny_mace):
+    emt = LoadedModel(calculator=EMT(), name="EMT")
+    mace = load_mace_model(tiny_mace)
+    assert choose_engine(RunSettings(), mace, pending=5) == "batched"
+    assert choose_engine(RunSettings(), mace, pending=1) == "sequential"
+    assert choose_engine(RunSettings(), emt, pending=5) == "sequential"  # no batched evaluator
+    bfgs = RunSettings(relax=RelaxSettings(optimizer="BFGS"))
+    assert choose_engine(bfgs, mace, pending=5) == "sequential"
+    with pytest.raises(InputError, match="FIRE only"):
+        choose_engine(RunSettings(engine="batched", relax=RelaxSettings(optimizer="BFGS")), mace, 5)
+    with pytest.raises(InputError, match="Unknown engine"):
+        choose_engine(RunSettings(engine="fast"), mace, 5)
