@@ -104,6 +104,8 @@ def compute_free_energies(
     charge: int | None = None,
     model: str = "",
     log=print,
+    symprec: float = 1e-3,
+    relax_cells: bool = False,
 ) -> dict[str, Any]:
     """Compute everything ``snb-ml free-energy`` writes, as plain JSON data.
 
@@ -123,7 +125,12 @@ def compute_free_energies(
         charge: Total charge of the defect cell, stored in ``atoms.info["charge"]`` for charge-aware models.
         model: Model name recorded in the results.
         log: Progress printer.
+        symprec: Phonopy symmetry tolerance (Å) for the defect, bulk and reference phonon steps; a looser
+            tolerance finds more symmetry in ML-relaxed cells and needs fewer displacements.
+        relax_cells: Scale defect and bulk isotropically to the model's zero-pressure bulk lattice and relax
+            reference cells in full (:mod:`snb_ml.thermo.cells`); otherwise a strained bulk only warns.
     """
+    from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
     from snb_ml.thermo.phonons import (
         VibrationalFreeEnergy,
         auto_supercell_matrix,
@@ -134,12 +141,23 @@ def compute_free_energies(
 
     defect_atoms = read_structure(defect_path, "--defect")
     bulk_atoms = read_structure(bulk_path, "--bulk")
+    pressure, scale = bulk_pressure(bulk_atoms, calculator), 1.0
+    if relax_cells:
+        defect_atoms, bulk_atoms, scale = scale_to_model(defect_atoms, bulk_atoms, calculator)
+        log(f"bulk pressure {pressure:.2f} GPa with the model; cells scaled by {scale:.5f} to zero pressure")
+    elif abs(pressure) > PRESSURE_WARNING_GPA:
+        warnings.warn(
+            f"The bulk cell is at {pressure:.2f} GPa with this model (DFT cells strain ML models trained on "
+            "another functional); ΔF_vib of a strained cell can be far off. Pass --relax-cells to scale both "
+            "cells to the model's own lattice.",
+            stacklevel=2,
+        )
     if charge is not None:
         defect_atoms.info["charge"] = charge
     results = {}
     for name, atoms in (("defect", defect_atoms), ("bulk", bulk_atoms)):
         start = time.perf_counter()
-        results[name] = harmonic_free_energy(atoms, calculator, temperatures, model=model)
+        results[name] = harmonic_free_energy(atoms, calculator, temperatures, symprec=symprec, model=model)
         log(
             f"{name}: {results[name].formula}, {results[name].n_displacements} displacements, "
             f"{time.perf_counter() - start:.1f} s"
@@ -157,9 +175,16 @@ def compute_free_energies(
             refs[element] = _reference_from_json(path, element, VibrationalFreeEnergy)
             continue
         ref_atoms[element] = read_structure(path, f"--reference {element}")
+        if relax_cells:
+            ref_atoms[element] = relax_cell(ref_atoms[element], calculator)
         matrix = auto_supercell_matrix(ref_atoms[element], reference_min_length)
         refs[element] = harmonic_free_energy(
-            ref_atoms[element], calculator, temperatures, supercell_matrix=matrix, model=model
+            ref_atoms[element],
+            calculator,
+            temperatures,
+            supercell_matrix=matrix,
+            symprec=symprec,
+            model=model,
         )
         log(f"reference {element}: {refs[element].n_displacements} displacements")
     delta = formation_vibrational_free_energy(results["defect"], results["bulk"], refs, change)
@@ -174,6 +199,10 @@ def compute_free_energies(
         "defect_path": str(defect_path),
         "bulk_path": str(bulk_path),
         "model": model,
+        "symprec": symprec,
+        "bulk_pressure_GPa": pressure,
+        "relax_cells": relax_cells,
+        "cell_scale": scale,
         "qha": {},
     }
     if qha:
@@ -210,10 +239,25 @@ def _model_options(function):
     "--charge", default=None, type=int, help="Total charge of the defect cell (charge-aware models)."
 )
 @click.option(
+    "--symprec",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Phonopy symmetry tolerance (Å); looser finds more symmetry, so fewer displacements.",
+)
+@click.option(
+    "--relax-cells",
+    is_flag=True,
+    help="Scale defect and bulk to the model's zero-pressure bulk lattice (and relax reference cells) "
+    "before the phonon step; recommended for DFT cells from another functional.",
+)
+@click.option(
     "--output", "-o", default="free_energy.json", show_default=True, type=click.Path(dir_okay=False)
 )
 @_model_options
-def free_energy(defect, bulk, references, tmin, tmax, tstep, qha, charge, output, **options) -> None:
+def free_energy(
+    defect, bulk, references, tmin, tmax, tstep, qha, charge, symprec, relax_cells, output, **options
+) -> None:
     """Vibrational free energies F_vib(T) of a defect, its bulk and references, and ΔF_vib(T) (JSON)."""
     from snb_ml.atomic import write_text
     from snb_ml.runner import load_model
@@ -235,6 +279,8 @@ def free_energy(defect, bulk, references, tmin, tmax, tstep, qha, charge, output
             charge=charge,
             model=loaded.name,
             log=click.echo,
+            symprec=symprec,
+            relax_cells=relax_cells,
         )
         data["settings"] = settings.as_dict()
         write_text(output, json.dumps(data, indent=1))

@@ -177,3 +177,58 @@ def test_cli_writes_json(tmp_path, cu_cell):
         free_energy, [*args[:4], "--relaxer", "ase", "--model", "ase.calculators.emt:EMT"]
     )
     assert bad.exit_code == 1 and "--reference" in bad.output
+
+
+def _cu_pair(tmp_path, a=3.59, rattle=0.0):
+    cell = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 1, 1))
+    vacancy = cell.copy()
+    del vacancy[1]
+    vacancy.positions += np.random.default_rng(0).normal(0, rattle, vacancy.positions.shape)
+    write(tmp_path / "POSCAR_bulk", cell, format="vasp")
+    write(tmp_path / "POSCAR_defect", vacancy, format="vasp")
+    write(tmp_path / "POSCAR_Cu", bulk("Cu", "fcc", a=a), format="vasp")
+    reference = harmonic_free_energy(bulk("Cu", "fcc", a=a), EMT(), [0.0, 300.0, 600.0], np.eye(3) * 2)
+    reference.write_json(tmp_path / "Cu.json")  # small supercell: faster than the CLI's 10 Å default
+    return [
+        "--defect", str(tmp_path / "POSCAR_defect"), "--bulk", str(tmp_path / "POSCAR_bulk"),
+        "--reference", f"Cu={tmp_path / 'Cu.json'}", "--relaxer", "ase",
+        "--model", "ase.calculators.emt:EMT", "--device", "cpu", "--tmax", "600", "--tstep", "300",
+    ]  # fmt: skip
+
+
+def test_cli_symprec_changes_displacements(tmp_path):
+    from click.testing import CliRunner
+
+    from snb_ml.cli_thermo import free_energy
+
+    args = _cu_pair(tmp_path, rattle=0.02)  # relaxed back to ~1e-4 Å of the symmetric vacancy
+    counts = {}
+    for symprec in ("1e-6", "0.05"):
+        output = tmp_path / f"fe_{symprec}.json"
+        result = CliRunner().invoke(free_energy, [*args, "--symprec", symprec, "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        counts[symprec] = load_free_energy_json(output)["defect"].n_displacements
+        assert json.loads(output.read_text())["symprec"] == float(symprec)
+    assert counts["1e-6"] == 2 * 3 * 7 and counts["0.05"] < 10  # no symmetry: ± along x, y, z per atom
+    bad = CliRunner().invoke(free_energy, [*args, "--symprec", "0"])
+    assert bad.exit_code == 2 and "symprec" in bad.output
+
+
+def test_strained_cells_warn_and_relax_cells_rescales(tmp_path):
+    from snb_ml.cli_thermo import compute_free_energies
+    from snb_ml.thermo.cells import bulk_pressure
+
+    _cu_pair(tmp_path, a=3.50)  # EMT Cu: a0 = 3.59 Å, so ~8 % compressed in volume
+    pressure = bulk_pressure(bulk("Cu", "fcc", a=3.50, cubic=True), EMT())
+    assert pressure > 5.0
+    paths = (tmp_path / "POSCAR_defect", tmp_path / "POSCAR_bulk", {"Cu": tmp_path / "POSCAR_Cu"})
+    temps = np.array([0.0, 300.0])
+    with pytest.warns(UserWarning, match="--relax-cells"):
+        strained = compute_free_energies(*paths, EMT(), temps, reference_min_length=5.0, log=lambda *_: None)
+    relaxed = compute_free_energies(
+        *paths, EMT(), temps, reference_min_length=5.0, relax_cells=True, log=lambda *_: None
+    )
+    assert strained["bulk_pressure_GPa"] == pytest.approx(pressure) and strained["cell_scale"] == 1.0
+    assert relaxed["cell_scale"] == pytest.approx(3.59 / 3.50, rel=5e-3)
+    assert relaxed["references"]["Cu"]["cell"][0][1] == pytest.approx(3.59 / 2, rel=5e-3)
+    assert abs(bulk_pressure(bulk("Cu", "fcc", a=3.50 * relaxed["cell_scale"]), EMT())) < 0.1

@@ -101,3 +101,37 @@ def test_json_round_trip_and_breakdown(dt, tmp_path):
     del entry.degeneracy_factors["spin degeneracy"]
     with pytest.raises(InputError, match="spin degeneracy"):
         ft.entropy_breakdown(600.0)
+
+
+def test_transition_levels_with_terms(dt):
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(dt, terms={"v_Cl_+1": {"vib": -0.1}})
+    level = lambda df: float(df["eV from VBM"].iloc[0])  # noqa: E731
+    assert level(dt.get_transition_levels()) == pytest.approx(0.5)
+    assert level(ft.get_transition_levels()) == pytest.approx(0.5)  # no temperature: doped's 0 K levels
+    assert level(ft.get_transition_levels(temperature=TA)) == pytest.approx(0.6)
+    assert ft.transition_level_map == dt.transition_level_map  # restored after the call
+    ft.disable_term("vib")
+    pd.testing.assert_frame_equal(ft.get_transition_levels(temperature=TA), dt.get_transition_levels())
+
+
+def test_demo_exact_reproduction_check(dt):
+    """The exact-reproduction check of examples/doped_thermo/demo_finite_temperature.py, on the fixture."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "doped_thermo" / "demo_finite_temperature.py"
+    spec = importlib.util.spec_from_file_location("ft_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    ft = FiniteTemperatureThermodynamics.from_thermodynamics(
+        dt, terms={"v_Cl": {"vib": -0.1}}, disabled_terms=["vib"]
+    )
+    reference = demo.doped_outputs(dt, TA, TQ, None)
+    ours = demo.doped_outputs(ft, TA, TQ, None)
+    assert len(reference) == 7
+    for what, value in reference.items():
+        demo.assert_same(ours[what], value, what)
+    ft.enable_term("vib")
+    changed = demo.doped_outputs(ft, TA, TQ, None)
+    with pytest.raises(AssertionError):
+        demo.assert_same(changed["get_fermi_level_and_concentrations"], reference[what], what)

@@ -246,13 +246,57 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
     def plot(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
         """Run doped's ``plot``; with ``temperature`` set, formation energies include the terms at that T.
 
-        Note doped's transition levels are parsed at construction without terms; the plotted lines are
-        recomputed from the entries, so they include the terms while ``temperature`` is applied.
+        The plotted lines and transition levels (re-parsed, see :meth:`transition_levels_at`) include the
+        terms at ``temperature``.
         """
         if temperature is None:
             return super().plot(*args, **kwargs)
-        with self.terms_applied(temperature):
+        with self.transition_levels_at(temperature):
             return super().plot(*args, **kwargs)
+
+    @contextmanager
+    def transition_levels_at(self, temperature: float) -> Iterator[None]:
+        """Context in which doped's transition levels and stable entries include the terms at ``temperature``.
+
+        doped parses ``transition_level_map``/``stable_entries`` once at construction (0 K energies); here
+        they are re-parsed by doped's own ``_parse_transition_levels`` with the terms applied (so the
+        levels are those of the free energies g_f(T)) and restored afterwards.
+        """
+        names = (
+            "transition_level_map",
+            "stable_entries",
+            "all_entries",
+            "defect_charge_map",
+            "transition_levels",
+            "stable_charges",
+            "clustered_defect_entries_by_type",
+        )
+        saved = {name: getattr(self, name) for name in names if name in self.__dict__}
+        try:
+            with self.terms_applied(temperature):
+                self._parse_transition_levels()
+                yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def get_transition_levels(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
+        """Run doped's ``get_transition_levels``; with ``temperature`` set, levels of g_f(T) with the terms.
+
+        A level between charges q and q' moves by ``(ΔF_q'(T) - ΔF_q(T)) / (q - q')``; ``None`` (default)
+        gives doped's 0 K levels unchanged.
+        """
+        if temperature is None:
+            return super().get_transition_levels(*args, **kwargs)
+        with self.transition_levels_at(temperature):
+            return super().get_transition_levels(*args, **kwargs)
+
+    def print_transition_levels(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
+        """Run doped's ``print_transition_levels``; with ``temperature`` set, levels of g_f(T) (terms on)."""
+        if temperature is None:
+            return super().print_transition_levels(*args, **kwargs)
+        with self.transition_levels_at(temperature):
+            return super().print_transition_levels(*args, **kwargs)
 
     # ----- breakdown -----
     def entropy_breakdown(
