@@ -1,5 +1,7 @@
 """FiniteTemperatureThermodynamics against a real, tiny doped DefectThermodynamics (v_Cl in NaCl)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +137,17 @@ def test_demo_exact_reproduction_check(dt):
     changed = demo.doped_outputs(ft, TA, TQ, None)
     with pytest.raises(AssertionError):
         demo.assert_same(changed["get_fermi_level_and_concentrations"], reference[what], what)
+
+
+def test_published_cdte_example_reproduces_doped_and_applies_terms(tmp_path):
+    """doped's published CdTe DefectThermodynamics: exact with terms off, finite-T terms on (the demo)."""
+    import subprocess
+    import sys
+
+    demo = Path(__file__).parents[1] / "examples" / "doped_thermo" / "demo_finite_temperature.py"
+    out = subprocess.run(
+        [sys.executable, str(demo), "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Annealed at 873 K" in out.stdout and "Quenched to 300 K" in out.stdout
+    assert any(path.suffix == ".png" for path in tmp_path.iterdir())
