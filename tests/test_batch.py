@@ -1,5 +1,7 @@
 """The batched engine: same minima as the sequential engine, faults isolated to one batch member."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -210,3 +212,21 @@ def test_engine_choice(tiny_mace):
         choose_engine(RunSettings(engine="batched", relax=RelaxSettings(optimizer="BFGS")), mace, 5)
     with pytest.raises(InputError, match="Unknown engine"):
         choose_engine(RunSettings(engine="fast"), mace, 5)
+
+
+def test_site_charge_model_gets_defect_site_from_shakenbreak_metadata(cdte_tree, tmp_path):
+    import shutil
+
+    site_model = build_tiny_mace(tmp_path / "site.model", charge_mode="site")
+    shutil.copytree(cdte_tree / "v_Cd_0", cdte_tree / "v_Cd_-2")
+    settings = RunSettings(
+        relaxer="mace", model=str(site_model), progress=False, relax=RelaxSettings(fmax=0.05, steps=30)
+    )
+    reports = {}
+    for engine in ("batched", "sequential"):
+        report = run_tree(cdte_tree, dataclasses.replace(settings, engine=engine), output=tmp_path / engine)
+        assert report.engine == engine and not report.failed
+        reports[engine] = {d.name: d.unperturbed_energy for d in report.defects}
+    assert reports["batched"]["v_Cd_-2"] != reports["batched"]["v_Cd_0"]  # the charge reached the model
+    for name, value in reports["batched"].items():
+        assert abs(value - reports["sequential"][name]) < 1e-6
