@@ -90,6 +90,8 @@ def relax_tree(
     model: str | None = None,
     output: str | Path | None = None,
     defects: list[str] | None = None,
+    executor: str = "local",
+    scheduler: Any = None,
     **options: Any,
 ) -> RelaxationResults:
     """Relax a ShakeNBreak tree (written by ``snb-generate``) with an ML force field.
@@ -100,8 +102,13 @@ def relax_tree(
         model: Model path/name for the backend.
         output: ML tree folder (default ``<top-level>/ml_tree``).
         defects: Defect folder names to relax (all if ``None``).
+        executor: ``local`` (this process) or ``dask`` (one task per defect on a Dask cluster; the
+            tree and the ML tree must be on a filesystem all workers see).
+        scheduler: For ``dask``: a scheduler address (``"tcp://node01:8786"``), a
+            ``distributed.Client`` or a cluster object such as ``distributed.LocalCluster``.
         **options: Any :class:`~snb_ml.settings.RunSettings` or :class:`~snb_ml.relax.RelaxSettings`
-            field, e.g. ``fmax=0.02``, ``steps=300``, ``device="cuda"``, ``progress=False``.
+            field, e.g. ``fmax=0.02``, ``steps=300``, ``device="cuda"``, ``engine="batched"``,
+            ``batch_size=32``, ``progress=False``.
 
     Returns:
         Relaxed structures, energies and the ML tree path.
@@ -110,7 +117,12 @@ def relax_tree(
         >>> results = relax_tree("CdTe", relaxer="chgnet", fmax=0.02)  # doctest: +SKIP
         >>> results.defects["v_Cd_0"].energies  # doctest: +SKIP
     """
-    report = run_tree(path, _settings(relaxer, model, dict(options)), defects=defects, output=output)
+    from snb_ml.executors import run_with_executor
+
+    settings = _settings(relaxer, model, dict(options))
+    report = run_with_executor(
+        path, settings, executor=executor, scheduler=scheduler, defects=defects, output=output
+    )
     return _collect(report)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from snb_ml.errors import InputError, SnbMlError
+from snb_ml.executors import EXECUTORS
 from snb_ml.relax import OPTIMIZERS, RelaxSettings
 
 # Names of the parameters below; snb-run's own parameters never collide with them.
@@ -29,6 +30,10 @@ ML_PARAMETER_NAMES = (
     "force",
     "progress",
     "threads",
+    "engine",
+    "batch_size",
+    "executor",
+    "scheduler",
 )
 
 
@@ -108,6 +113,32 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
             type=click.IntRange(min=1),
             help="CPU threads for torch (1 per process when several runs share the cores).",
         ),
+        click.Option(
+            ["--engine"],
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "batched", "sequential"]),
+            help="Relax a defect's distortions together in batches, or one after another.",
+        ),
+        click.Option(
+            ["--batch-size", "batch_size"],
+            default=None,
+            type=click.IntRange(min=1),
+            help="Most structures per batch of the batched engine [default: from atoms and memory].",
+        ),
+        click.Option(
+            ["--executor"],
+            default="local",
+            show_default=True,
+            type=click.Choice(EXECUTORS),
+            help="Run here (local), or one task per defect on a Dask cluster (dask, needs --scheduler).",
+        ),
+        click.Option(
+            ["--scheduler"],
+            default=None,
+            metavar="ADDRESS",
+            help="Dask scheduler address for --executor dask, e.g. tcp://node01:8786.",
+        ),
     ]
 
 
@@ -137,6 +168,8 @@ def settings_from_options(options: dict[str, Any]):
         force=bool(options.get("force")),
         progress=bool(options.get("progress", True)),
         threads=options.get("threads"),
+        engine=options.get("engine") or "auto",
+        batch_size=options.get("batch_size"),
     )
 
 
@@ -146,13 +179,18 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
 
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:
     """Run an ML relaxation for the CLI: print the summary, exit 1 on any error."""
-    from snb_ml.runner import run_tree
+    from snb_ml.executors import run_with_executor
     from snb_ml.summary import format_summary
 
     warnings.formatwarning = _short_warning
     try:
-        report = run_tree(
-            path, settings_from_options(options), defects=defects or None, output=options.get("output")
+        report = run_with_executor(
+            path,
+            settings_from_options(options),
+            executor=options.get("executor") or "local",
+            scheduler=options.get("scheduler"),
+            defects=defects or None,
+            output=options.get("output"),
         )
     except SnbMlError as exc:
         click.echo(f"Error: {exc}", err=True)

@@ -39,6 +39,7 @@ def extend_run_command(cli_module: ModuleType) -> None:
     command.help = (command.help or "") + (
         "\n\nWith --relaxer NAME (snb_ml), relax the distortions locally with an ML force field instead "
         "and write the results to an ML tree (default <top-level>/ml_tree) that snb-parse, snb-analyse, "
-        "snb-plot and snb-groundstate read with -p."
+        "snb-plot and snb-groundstate read with -p. With --executor dask --scheduler ADDRESS the defects "
+        "are relaxed on a Dask cluster instead, one task per defect."
     )
     setattr(command, MARKER, True)
