@@ -73,3 +73,8 @@ from snb_ml.cli_dataset import dataset, pick_hybrid  # noqa: E402
 
 main.add_command(dataset)
 main.add_command(pick_hybrid)
+
+from snb_ml.cli_train import evaluate, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(evaluate)

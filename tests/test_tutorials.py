@@ -44,6 +44,8 @@ def test_tutorial_runs(notebook: Path, tmp_path: Path) -> None:
     # One torch thread per kernel unless the caller says otherwise: a 63-atom CHGNet step gains little
     # from intra-op threads, and oversubscribed cores (xdist workers, shared CI) slow torch >10x.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # Notebooks that use the repository's example data find it here (the copy runs elsewhere).
+    env.setdefault("SNB_ML_REPO", str(TUTORIALS.parent))
     client.execute(env=env)  # raises CellExecutionError on the first failing cell
 
     errors = [
