@@ -101,8 +101,14 @@ def child(mode: str, structures_path: str, model: str, device: str, fmax: float,
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     calls = 0
-    if mode == "sequential":
-        results = [relax(atoms, loaded.calculator, settings) for atoms in structures]
+    if mode in ("sequential", "stock"):
+        calculator = loaded.calculator
+        if mode == "stock" and model == "chgnet":
+            # CHGNet's own ASE calculator: energy, forces, stress and magnetic moments at every step.
+            from chgnet.model.dynamics import CHGNetCalculator
+
+            calculator = CHGNetCalculator(model=loaded.calculator.model, use_device=device)
+        results = [relax(atoms, calculator, settings) for atoms in structures]
         calls = sum(r.steps + 1 for r in results)
     else:
 
@@ -156,6 +162,7 @@ def compare(n: int, atoms: int, args, workdir: Path) -> dict:
     structures = workdir / f"vcd_{atoms}_{n}.xyz"
     if not structures.exists():
         make_structures(n, atoms, structures)
+    stock = run_child("stock", structures, args) if args.model == "chgnet" else None
     seq = run_child("sequential", structures, args)
     bat = run_child("batched", structures, args)
     de = np.nanmax(np.abs(np.array(seq["energies"]) - np.array(bat["energies"])))
@@ -166,6 +173,7 @@ def compare(n: int, atoms: int, args, workdir: Path) -> dict:
     return {
         "n": n,
         "atoms": atoms,
+        "stock": stock,
         "seq": seq,
         "bat": bat,
         "ratio": seq["seconds"] / bat["seconds"],
@@ -184,6 +192,12 @@ def report(row: dict, device: str) -> None:
         f"{per_min:6.1f} relax/min | max |dE| {row['max_dE_meV']:.3f} meV, max |dr| {row['max_dr_A']:.4f} A "
         f"| statuses seq {sorted(set(seq['statuses']))} bat {sorted(set(bat['statuses']))}"
     )
+    if row["stock"] is not None:
+        stock = row["stock"]
+        print(
+            f"      stock ASE loop with CHGNet's own CHGNetCalculator (computes stress + magmoms too): "
+            f"{stock['seconds']:.1f} s; batched/stock speed ratio {stock['seconds'] / bat['seconds']:.2f}"
+        )
     memory = f"peak RSS seq {seq['peak_rss_mb']:.0f} MB, batched {bat['peak_rss_mb']:.0f} MB"
     if device.startswith("cuda"):
         memory += f"; GPU peak seq {seq['gpu_peak_mb']:.0f} MB, batched {bat['gpu_peak_mb']:.0f} MB"

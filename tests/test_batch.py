@@ -203,6 +203,9 @@ def test_tree_run_batched_writes_what_sequential_writes(cdte_tree, tiny_mace, tm
 def test_engine_choice(tiny_mace):
     emt = LoadedModel(calculator=EMT(), name="EMT")
     mace = load_mace_model(tiny_mace)
+    assert choose_engine(RunSettings(), mace, pending=5) == "sequential"  # slower batched on CPU
+    assert choose_engine(RunSettings(engine="batched"), mace, pending=5) == "batched"
+    mace.calculator.device = "cuda"  # what auto decides on a GPU, without needing one
     assert choose_engine(RunSettings(), mace, pending=5) == "batched"
     assert choose_engine(RunSettings(), mace, pending=1) == "sequential"
     assert choose_engine(RunSettings(), emt, pending=5) == "sequential"  # no batched evaluator

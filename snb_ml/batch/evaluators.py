@@ -19,11 +19,14 @@ class BatchEvaluator(Protocol):
         name: Short description for messages.
         device: ``"cpu"`` or a CUDA device name.
         batched: True when :meth:`evaluate` really evaluates the structures together.
+        faster_on_cpu: True when the batched engine beat the sequential one on CPU in
+            ``bench/bench_batched.py`` (on a GPU batching always pays).
     """
 
     name: str
     device: str
     batched: bool
+    faster_on_cpu: bool
 
     def evaluate(self, structures: list[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Return the energies (eV, shape (n,)) and forces (eV/Å, one (N_i, 3) array each)."""
@@ -49,6 +52,7 @@ class CalculatorLoopEvaluator:
     """
 
     batched = False
+    faster_on_cpu = False
     device = "cpu"
 
     def __init__(self, calculator: Any):
@@ -74,6 +78,8 @@ class ChgnetBatchEvaluator:
     """
 
     batched = True
+    # 1.3x the sequential engine on 2 CPU cores (15 V_Cd distortions, bench/bench_batched.py).
+    faster_on_cpu = True
 
     def __init__(self, calculator: Any):
         self.model = calculator.model
@@ -140,6 +146,9 @@ class MaceBatchEvaluator:
     """
 
     batched = True
+    # On CPU a 945-atom MACE batch costs 1.4-1.5x the same structures one by one (cache-bound
+    # contractions; bench/bench_batched.py): batches pay only on a GPU.
+    faster_on_cpu = False
 
     def __init__(self, calculator: Any):
         self.calculator = calculator

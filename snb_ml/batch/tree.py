@@ -14,8 +14,9 @@ ENGINES = ("auto", "batched", "sequential")
 def choose_engine(settings: RunSettings, model: LoadedModel, pending: int) -> str:
     """``batched`` or ``sequential`` for a run of ``pending`` relaxations.
 
-    ``auto`` batches when the backend has a batched evaluator, the optimizer is FIRE and there is more
-    than one structure; bench/bench_batched.py measured it faster there on CPU as well as on GPU.
+    ``auto`` batches when the backend has a batched evaluator, the optimizer is FIRE, there is more
+    than one structure, and the model runs on a GPU or is one whose batches were measured faster on
+    CPU too (``faster_on_cpu``, from bench/bench_batched.py: CHGNet yes, MACE no).
 
     Raises:
         InputError: If ``batched`` is asked for with an optimizer other than FIRE.
@@ -32,7 +33,9 @@ def choose_engine(settings: RunSettings, model: LoadedModel, pending: int) -> st
                 "FIRE or --engine sequential."
             )
         return "batched"
-    return "batched" if fire and pending > 1 and batch_evaluator_for(model).batched else "sequential"
+    evaluator = batch_evaluator_for(model)
+    pays = str(evaluator.device).startswith("cuda") or evaluator.faster_on_cpu
+    return "batched" if fire and pending > 1 and evaluator.batched and pays else "sequential"
 
 
 def relax_runs_batched(runs: list, model: LoadedModel, settings: RunSettings) -> None:
