@@ -11,7 +11,7 @@ The SAME small model (identical hyperparameters, seed and epochs) is trained twi
 charge embedding (``--charge-mode site`` by default) and without (``none``), and the energy MAE per
 charge state on the held-out frames is printed for both.
 
-Run:  python bench/bench_charge_aware_mgo.py [--epochs 25] [--lr 0.01] [--threads 1] [--out DIR]
+Run:  python bench/bench_charge_aware_mgo.py [--epochs 40] [--lr 0.01] [--threads 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def harvest(out: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--charge-mode", default="site", choices=["site", "global", "intensive"])

@@ -169,7 +169,7 @@ class _DefectRun:
         self.pending: list[tuple[str, Atoms]] = []
         self.reference: float | None = None
         self._lock: Any = None
-        self._folders: list[str] = []
+        self.folders: list[str] = []
         self._deferred: list[tuple[str, RelaxResult | Exception]] = []
 
     def open(self, warn_charge_blind: list[bool]) -> None:
@@ -199,8 +199,11 @@ class _DefectRun:
             raise
 
     def close(self) -> None:
-        """Release the defect's lock; the report lists the distortions in folder order."""
-        self.report.records = {f: self.report.records[f] for f in self._folders if f in self.report.records}
+        """Write results still waiting for Unperturbed, release the lock; records in folder order."""
+        deferred, self._deferred = self._deferred, []
+        for folder, outcome in deferred:  # Unperturbed never finished: judged without a reference
+            self._finish_now(folder, outcome, print)
+        self.report.records = {f: self.report.records[f] for f in self.folders if f in self.report.records}
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -219,10 +222,10 @@ class _DefectRun:
                 stacklevel=3,
             )
         self._copy_metadata()
-        self._folders = self.defect.distortion_folders()
+        self.folders = self.defect.distortion_folders()
         self.reference = self._reference_distance()
         site = defect_site_fractional(self.defect.directory)
-        for folder in self._folders:
+        for folder in self.folders:
             existing = self._existing(folder)
             if existing is not None:
                 self.report.records[folder] = existing
@@ -240,18 +243,18 @@ class _DefectRun:
     def _starting_structure(self, folder: str, charge: int, site: Any) -> Atoms:
         atoms = read_input_structure(self.defect.directory / folder)
         self.model.check_elements(atoms.get_chemical_symbols(), f"{self.defect.name}/{folder}")
+        atoms.info["charge"] = charge
+        if site is not None:
+            atoms.info["defect_site"] = [float(x) for x in atoms.cell.cartesian_positions(site)]
+        prepare = getattr(self.model, "prepare_atoms", None)
+        if prepare is not None:  # e.g. defect markers of site-charge models, from the starting geometry
+            prepare(atoms)
         # An unconverged earlier run continues from where it stopped, like a DFT restart.
         restart = self.ml_dir / folder / "CONTCAR"
         if restart.is_file() and not self.settings.force:
             from ase.io import read
 
             atoms.positions = read(restart, format="vasp").positions
-        atoms.info["charge"] = charge
-        if site is not None:
-            atoms.info["defect_site"] = [float(x) for x in atoms.cell.cartesian_positions(site)]
-        prepare = getattr(self.model, "prepare_atoms", None)
-        if prepare is not None:  # e.g. per-atom defect-charge features of site-charge models
-            prepare(atoms)
         return atoms
 
     def relax_sequentially(self) -> None:
@@ -262,8 +265,8 @@ class _DefectRun:
             from tqdm.std import tqdm
 
         with tqdm(
-            total=len(self._folders),
-            initial=len(self._folders) - len(self.pending),
+            total=len(self.folders),
+            initial=len(self.folders) - len(self.pending),
             desc=self.defect.name,
             unit="relax",
             mininterval=0.5,
@@ -469,6 +472,9 @@ def run_tree(
             f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder "
             "(--output / output=)."
         )
+    from snb_ml.batch.tree import choose_engine, relax_runs_batched
+
+    choose_engine(settings, None, 0)  # reject impossible engine settings before anything is written
     model = model or load_model(settings)
     warn_charge_blind = [True]
     runs: list[_DefectRun] = []
@@ -482,8 +488,6 @@ def run_tree(
             run.close()
         runs.append(run)
     opened = [run for run in runs if run.report.error is None]
-    from snb_ml.batch.tree import choose_engine, relax_runs_batched
-
     engine = choose_engine(settings, model, sum(len(run.pending) for run in opened))
     try:
         if engine == "batched":
@@ -495,7 +499,6 @@ def run_tree(
             except SnbMlError as exc:
                 run.report.error = str(exc)
                 print(f"Error for {run.defect.name}: {exc}")
-            run.close()
     finally:
         for run in opened:
             run.close()

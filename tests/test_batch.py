@@ -233,3 +233,17 @@ def test_site_charge_model_gets_defect_site_from_shakenbreak_metadata(cdte_tree,
     assert reports["batched"]["v_Cd_-2"] != reports["batched"]["v_Cd_0"]  # the charge reached the model
     for name, value in reports["batched"].items():
         assert abs(value - reports["sequential"][name]) < 1e-6
+
+
+def test_constraints_hold_as_in_the_sequential_engine():
+    from ase.constraints import FixAtoms
+
+    settings = RelaxSettings(fmax=0.02)
+    structures = copper_structures()[:2]
+    for atoms in structures:
+        atoms.set_constraint(FixAtoms(indices=[0, 1, 2]))
+    sequential = [relax(atoms, EMT(), settings) for atoms in structures]
+    batched = relax_all(structures, CalculatorLoopEvaluator(EMT()), settings)
+    assert_same_minima(sequential, batched, dr=1e-9, de=1e-9)
+    for start, result in zip(structures, batched, strict=True):
+        assert np.abs(result.atoms.positions[:3] - start.positions[:3]).max() == 0

@@ -18,7 +18,7 @@ from ase import Atoms
 
 from snb_ml.batch.evaluators import BatchEvaluator, is_out_of_memory
 from snb_ml.batch.fire import FireState
-from snb_ml.errors import InputError
+from snb_ml.errors import InputError, SnbMlError
 from snb_ml.relax import RelaxationTracker, RelaxResult, RelaxSettings
 
 # Atoms per model call on CPU: bench/bench_batched.py shows throughput flat beyond ~1,000 atoms on
@@ -57,9 +57,11 @@ class _Member:
 
     def advance(self, energy: float, forces: np.ndarray) -> bool:
         """Record the model's answer; move the atoms unless the relaxation has finished."""
+        for constraint in self.atoms.constraints:  # as Atoms.get_forces() does in the sequential engine
+            constraint.adjust_forces(self.atoms, forces)
         if self.tracker.observe(self.atoms, energy, forces, self.step):
             return True
-        self.atoms.positions = self.fire.step(self.atoms.positions, forces)
+        self.atoms.set_positions(self.fire.step(self.atoms.positions, forces), apply_constraint=True)
         self.step += 1
         return False
 
@@ -78,6 +80,13 @@ class _Budget:
         else:
             self.atoms = GPU_START_ATOMS if on_gpu else CPU_ATOMS_PER_BATCH
         self.device = evaluator.device
+        self.baseline = 0
+        if self.measure_gpu:
+            import torch
+
+            # The peak is per process: measure this run's batches above what is already allocated.
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
 
     def admits(self, members: list[_Member], atoms: Atoms) -> bool:
         if not members:
@@ -101,11 +110,11 @@ class _Budget:
         self.measure_gpu = False
         import torch
 
-        used = torch.cuda.max_memory_allocated(self.device)
+        used = torch.cuda.max_memory_allocated(self.device) - self.baseline
         atoms = sum(len(m.atoms) for m in members)
-        total = torch.cuda.get_device_properties(self.device).total_memory
+        free = torch.cuda.get_device_properties(self.device).total_memory - self.baseline
         if used > 0 and atoms > 0:
-            self.atoms = max(atoms, int(GPU_MEMORY_FRACTION * total / (used / atoms)))
+            self.atoms = max(atoms, int(GPU_MEMORY_FRACTION * free / (used / atoms)))
 
 
 def _evaluate_each(
@@ -117,6 +126,8 @@ def _evaluate_each(
         try:
             energies, forces = evaluator.evaluate([member.atoms])
             answers.append((float(energies[0]), forces[0]))
+        except SnbMlError:  # a problem of the run, not of this structure
+            raise
         except Exception as exc:  # reported as this structure's error
             answers.append(exc)
     return answers
@@ -166,6 +177,8 @@ def relax_batched(
                 (float(e), f) for e, f in zip(energies, forces, strict=True)
             ]
             budget.calibrate(members)
+        except SnbMlError:
+            raise
         except Exception as exc:
             if is_out_of_memory(exc) and len(members) > 1:
                 _free_device_memory(evaluator)

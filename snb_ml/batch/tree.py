@@ -11,8 +11,10 @@ from snb_ml.settings import RunSettings
 ENGINES = ("auto", "batched", "sequential")
 
 
-def choose_engine(settings: RunSettings, model: LoadedModel, pending: int) -> str:
+def choose_engine(settings: RunSettings, model: LoadedModel | None, pending: int) -> str:
     """``batched`` or ``sequential`` for a run of ``pending`` relaxations.
+
+    With ``model=None`` only the settings are checked (before a run writes anything).
 
     ``auto`` batches when the backend has a batched evaluator, the optimizer is FIRE, there is more
     than one structure, and the model runs on a GPU or is one whose batches were measured faster on
@@ -33,6 +35,8 @@ def choose_engine(settings: RunSettings, model: LoadedModel, pending: int) -> st
                 "FIRE or --engine sequential."
             )
         return "batched"
+    if model is None:
+        return "sequential"
     evaluator = batch_evaluator_for(model)
     pays = str(evaluator.device).startswith("cuda") or evaluator.faster_on_cpu
     return "batched" if fire and pending > 1 and evaluator.batched and pays else "sequential"
@@ -56,7 +60,7 @@ def relax_runs_batched(runs: list, model: LoadedModel, settings: RunSettings) ->
         for run in runs
         for folder, atoms in sorted(run.pending, key=lambda item: item[0] != "Unperturbed")
     ]
-    total = sum(len(run.defect.distortion_folders()) for run in runs)
+    total = sum(len(run.folders) for run in runs)
     with tqdm(
         total=total,
         initial=total - len(jobs),
