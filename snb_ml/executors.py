@@ -49,12 +49,14 @@ class TaskOutcome:
         model: Name, version and charge awareness of the model the worker used.
         fatal: An error that stops the whole run (model not loadable, not a ShakeNBreak tree).
         warnings: Warning messages raised on the worker, shown once on the client.
+        engine: The engine the worker used (``batched`` or ``sequential``).
     """
 
     defect: str
     report: DefectReport | None = None
     model: dict[str, Any] = field(default_factory=dict)
     fatal: SnbMlError | None = None
+    engine: str = "sequential"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -194,6 +196,7 @@ def relax_defect_task(
         report=report.defects[0],
         model=report.model,
         warnings=[str(warning.message) for warning in caught],
+        engine=report.engine,
     )
 
 
@@ -284,6 +287,7 @@ class _DaskRun:
             )
         self.output = str(self.ml_top)
         self.reports: dict[str, DefectReport] = {}
+        self.engines: set[str] = set()
         self.model: dict[str, Any] = {}
         self.warnings: list[str] = []  # shown after the progress bar, which they would break up
 
@@ -336,6 +340,7 @@ class _DaskRun:
             defects=[self.reports[defect.name] for defect in self.selected],
             model=self.model or {**unknown, "charge_aware": False},
             seconds=time.perf_counter() - self.start,
+            engine="batched" if "batched" in self.engines else "sequential",
         )
 
     def _submit(self) -> dict[Any, str]:
@@ -363,6 +368,7 @@ class _DaskRun:
                 raise outcome.fatal
             self.warnings.extend(m for m in outcome.warnings if m not in self.warnings)
             self.model = self.model or outcome.model
+            self.engines.add(outcome.engine)
             self.reports[name] = outcome.report
             for folder, record in outcome.report.records.items():
                 if record.status == "error":

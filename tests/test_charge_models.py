@@ -125,6 +125,8 @@ def test_markers_and_annotation_reject_bad_input(v_cd):
         annotate_atoms(atoms.copy(), 0.5, site)
     with pytest.raises(InputError, match="defect site"):
         annotate_atoms(atoms.copy(), 1, None, mode="site")
+    neutral = annotate_atoms(atoms.copy(), 0, None, mode="site")  # q = 0 needs no site: zero features
+    assert not neutral.arrays["defect_charge"].any()
     with pytest.raises(InputError, match="Unknown charge mode"):
         annotate_atoms(atoms.copy(), 1, site, mode="local")
 
@@ -359,3 +361,17 @@ def test_graft_onto_multihead_model_keeps_every_head(tmp_path, v_cd):
         e0, f0 = energy_forces(calculator(source, head=head), structure)
         e1, f1 = energy_forces(calculator(grafted, head=head), structure)
         assert abs(e1 - e0) < 1e-8 and np.abs(f1 - f0).max() < 1e-8, head
+
+
+def test_marker_radius_saved_in_the_model_is_used_by_the_backend(site_model_path, tmp_path):
+    import torch
+
+    model = torch.load(site_model_path, map_location="cpu", weights_only=False)
+    model.snb_ml_marker_radius = 0.2  # as snb-ml train stores a non-default radius
+    path = tmp_path / "radius.model"
+    torch.save(model, path)
+    atoms, site = small_vacancy()
+    atoms.info.update(charge=1, defect_site=list(site))
+    with pytest.raises(InputError, match="No atom lies within"):
+        load(path).prepare_atoms(atoms)
+    load(site_model_path).prepare_atoms(atoms)  # the default radius finds the neighbours

@@ -62,7 +62,9 @@ def _defect_folder(folder: Path, root: Path) -> Path:
 
 
 def _is_bulk(folder: Path, root: Path) -> bool:
-    parts = folder.relative_to(root.parent).parts
+    # Only names below the given folder count (a root like 'CdTe_bulk_and_defects/' says nothing),
+    # unless the given folder is the calculation itself.
+    parts = folder.relative_to(root).parts or (root.name,)
     return any("bulk" in part.lower() for part in parts)
 
 

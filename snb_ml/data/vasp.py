@@ -240,13 +240,13 @@ def read_vasprun(path: Path) -> tuple[list, OutcarInfo]:
 def charge_from_electrons(info: OutcarInfo, incar: dict[str, str], source: Path) -> int:
     """Total charge q = neutral electrons (ZVAL x ions per species) - NELECT.
 
-    NELECT comes from the folder's INCAR when set there, else from the output file.
+    NELECT comes from the output file (what VASP used), else from the folder's INCAR.
 
     Raises:
         InputError: If NELECT or the ZVALs are missing, or q is not an integer.
     """
     nelect = info.nelect
-    if "NELECT" in incar:
+    if nelect is None and "NELECT" in incar:  # an INCAR may have been edited after this run
         with contextlib.suppress(ValueError):
             nelect = float(incar["NELECT"].split()[0])
     neutral = info.neutral_electrons

@@ -158,7 +158,7 @@ def annotate_atoms(
     Args:
         atoms: Structure to annotate (modified and returned).
         charge: Integer charge state of the supercell.
-        site: Cartesian defect site (Å); required for ``site`` mode.
+        site: Cartesian defect site (Å); required for charged structures in ``site`` mode.
         mode: One of ``CHARGE_MODES``.
         radius: Marker radius (Å) for ``site`` mode; ``None`` for the default.
 
@@ -173,9 +173,13 @@ def annotate_atoms(
     q = _integer_charge(charge)
     atoms.info[CHARGE_INFO_KEY] = q
     if mode == "site":
+        if site is None and q == 0:  # q x markers is zero wherever the site is: none is needed
+            atoms.arrays[SITE_KEY] = np.zeros(len(atoms))
+            return atoms
         if site is None:
             raise InputError(
-                "Charge mode 'site' needs the defect site (Cartesian Å), e.g. ShakeNBreak's defect_site."
+                "Charge mode 'site' needs the defect site (Cartesian Å) of a charged structure, e.g. "
+                "ShakeNBreak's defect_site."
             )
         centre = _site_array(site)
         atoms.info[SITE_INFO_KEY] = [float(x) for x in centre]  # a list: MACE's cache check compares it

@@ -126,7 +126,7 @@ def charge_preparer(mode: str | None, name: str, radius: float | None = None) ->
                 "set it to the integer charge state of the supercell."
             )
         site = atoms.info.get(SITE_INFO_KEY)
-        if mode == "site" and site is None:
+        if mode == "site" and site is None and atoms.info[CHARGE_INFO_KEY] != 0:
             raise ModelError(
                 f"Model '{name}' reads the charge at the defect site (charge mode 'site'), but the structure "
                 f"has no atoms.info['{SITE_INFO_KEY}']. snb_ml sets it from ShakeNBreak's "
@@ -190,7 +190,8 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
 
     mode = detect_charge_mode(model)
     options = dict(request.options)
-    radius = options.pop("marker_radius", None)
+    # A radius chosen at training time travels inside the model (snb_ml.training); an option overrides it.
+    radius = options.pop("marker_radius", None) or getattr(model, "snb_ml_marker_radius", None)
     arrays_keys = dict(options.pop("arrays_keys", None) or {})
     # Per-atom charge features (site, intensive) come from atoms.arrays under the spec's own name.
     # Only arrays_keys is passed: info_keys stays MACE's default, which maps total_charge to info["charge"].

@@ -277,8 +277,11 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
                 self._parse_transition_levels()
                 yield
         finally:
-            for name, value in saved.items():
-                setattr(self, name, value)
+            for name in names:  # also drop what the re-parse created, so no T-dependent state lingers
+                if name in saved:
+                    setattr(self, name, saved[name])
+                else:
+                    self.__dict__.pop(name, None)
 
     def get_transition_levels(self, *args: Any, temperature: float | None = None, **kwargs: Any) -> Any:
         """Run doped's ``get_transition_levels``; with ``temperature`` set, levels of g_f(T) with the terms.

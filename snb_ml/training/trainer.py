@@ -225,7 +225,7 @@ def train_model(
     seconds = time.perf_counter() - start
     trained = _trained_model(work_dir, settings.name, stage_two_start(settings) is not None)
     model_path = model_dir / f"{settings.name}.model"
-    shutil.copyfile(trained, model_path)
+    _save_model(trained, model_path, settings.marker_radius)
     history = read_history(work_dir)
     record = {
         "model": model_path.name,
@@ -241,6 +241,25 @@ def train_model(
     (model_dir / RECORD_NAME).write_text(json.dumps(record, indent=2))
     echo(f"Model written to {model_path} ({seconds:.0f} s). Use it with: --relaxer mace --model {model_path}")
     return TrainResult(model_path, model_dir, list(heads), settings.charge_mode, history, seconds)
+
+
+def _save_model(trained: Path, target: Path, marker_radius: float | None) -> None:
+    """Copy the trained model into place atomically, carrying a non-default marker radius inside it.
+
+    The relaxer backend reads ``snb_ml_marker_radius`` from the model, so ``snb-ml run`` builds the
+    same site features as training did.
+    """
+    from snb_ml.atomic import atomic_path
+
+    with atomic_path(target) as temporary:
+        if marker_radius is None:
+            shutil.copyfile(trained, temporary)
+        else:
+            import torch
+
+            model = torch.load(trained, map_location="cpu", weights_only=False)
+            model.snb_ml_marker_radius = float(marker_radius)
+            torch.save(model, temporary)
 
 
 def load_record(model_dir: str | Path) -> dict[str, Any]:
