@@ -93,24 +93,22 @@ class DefectInput:
 def defect_site_fractional(defect_dir: Path) -> list[float] | None:
     """The defect's site in fractional coordinates, from ShakeNBreak's ``distortion_metadata.json``.
 
-    ShakeNBreak records ``defects.<name>.unique_site`` for every defect it distorted; the folder's own
-    metadata file holds only that defect (or the entry whose name the folder name starts with).
+    The same lookup as minima selection (:func:`snb_ml.minima.fingerprints.load_defect_metadata`): the
+    folder's own metadata file first, then the tree's.
 
     Args:
-        defect_dir: A defect folder of a ShakeNBreak tree.
+        defect_dir: A defect folder of a ShakeNBreak tree (or of an ML tree).
 
     Returns:
-        Three fractional coordinates, or ``None`` when the metadata is absent or ambiguous.
+        Three fractional coordinates, or ``None`` when no metadata lists this defect.
     """
+    from snb_ml.minima.fingerprints import load_defect_metadata
+
     try:
-        metadata = load_json(defect_dir / METADATA_FILE, "", InputError) or {}
+        _, entry, _ = load_defect_metadata(defect_dir)
     except InputError:
         return None
-    entries = metadata.get("defects") or {}
-    stem = defect_dir.name.rsplit("_", 1)[0]
-    matches = [data for name, data in entries.items() if len(entries) == 1 or name.startswith(stem)]
-    sites = {tuple(data["unique_site"]) for data in matches if data.get("unique_site") is not None}
-    return [float(x) for x in sites.pop()] if len(sites) == 1 else None
+    return [float(x) for x in entry["unique_site"]]
 
 
 def locate_defects(path: str | Path, defects: list[str] | None = None) -> tuple[Path, list[DefectInput]]:
