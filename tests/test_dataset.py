@@ -299,3 +299,14 @@ def test_pick_hybrid_writes_inputs_without_potcar(tree, tmp_path):
     with pytest.raises(InputError, match="fraction"):
         pick_frames(frames, 0.0)
     assert write_inputs is not None
+
+
+def test_hybrid_incar_overrides_tags_set_on_one_line(tmp_path):
+    from snb_ml.data.picker import hybrid_incar
+
+    (tmp_path / "INCAR").write_text("ISPIN = 2; LHFCALC = .FALSE.\nNELECT = 1294 ! charged\nNSW = 100\n")
+    text = hybrid_incar(tmp_path / "INCAR")
+    lines = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    settings = [line.split("=")[0].strip() for line in lines]
+    assert settings.count("LHFCALC") == 1 and settings.count("NSW") == 1
+    assert "LHFCALC = .TRUE." in text and "NELECT = 1294" in text and "ISPIN = 2" in text

@@ -21,6 +21,7 @@ import numpy as np
 
 from snb_ml.atomic import atomic_path, write_text
 from snb_ml.data.frames import ENERGY_KEY
+from snb_ml.data.vasp import read_incar
 from snb_ml.errors import InputError, OutputError
 
 SITE_NEIGHBOURS = 12
@@ -133,14 +134,15 @@ def pick_frames(frames: list, fraction: float = 0.1) -> list:
 
 
 def hybrid_incar(source_incar: Path) -> str:
-    """The source INCAR with the hybrid single-point tags replacing any earlier setting of them."""
-    lines = []
-    for raw in source_incar.read_text().splitlines():
-        key = raw.split("#")[0].split("=")[0].strip().upper()
-        if "=" in raw.split("#")[0] and key in HYBRID_TAGS:
-            continue
-        lines.append(raw)
-    lines.append("# snb-ml pick-hybrid: HSE06 single point")
+    """The source INCAR's tags (read like the harvest reads them) with the hybrid single-point tags set.
+
+    Tags are rewritten one per line, so a source line such as ``ISPIN = 2; LHFCALC = .FALSE.`` cannot
+    leave a second, contradicting setting behind.
+    """
+    tags = read_incar(source_incar.parent)
+    lines = [f"# snb-ml pick-hybrid: tags of {source_incar}"]
+    lines += [f"{key} = {value}" for key, value in tags.items() if key not in HYBRID_TAGS]
+    lines.append("# HSE06 single point")
     lines += [f"{key} = {value}" for key, value in HYBRID_TAGS.items()]
     return "\n".join(lines) + "\n"
 
