@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snb_ml.data.vasp import output_files
-from snb_ml.snbtree import HIGH_ENERGY_SUFFIX, TRAJECTORY_FILE, is_distortion_dir
+from snb_ml.snbtree import TRAJECTORY_FILE, is_distortion_dir
 
 _CHARGE = re.compile(r"_([+-]?\d+)$")
 _VASP_SUBFOLDER = re.compile(r"^vasp_\w+$")
@@ -103,8 +103,3 @@ def _walk(root: Path):
     for child in sorted(root.iterdir()):
         if child.is_dir() and child.name not in _SKIP_DIRS and not child.is_symlink():
             yield from _walk(child)
-
-
-def is_high_energy(calculation: Calculation) -> bool:
-    """True for ShakeNBreak's ``*_High_Energy`` distortion folders."""
-    return HIGH_ENERGY_SUFFIX in calculation.folder.name

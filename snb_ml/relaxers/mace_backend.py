@@ -12,7 +12,6 @@ from snb_ml.errors import ModelError
 from snb_ml.hookspecs import hookimpl
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
 
-CHARGE_KEY = "total_charge"
 OFFLINE_ENV = "SNB_ML_OFFLINE"
 
 _OFFLINE_HELP = (
@@ -89,17 +88,6 @@ def _load_torch_model(path: str, device: str) -> Any:
             f"dict?). Pass the .model file that mace_run_train writes. {_OFFLINE_HELP}"
         )
     return model
-
-
-def is_charge_aware(model: Any) -> bool:
-    """Return True if a MACE model embeds the charge state (any mode of :mod:`snb_ml.models`).
-
-    Args:
-        model: A loaded MACE ``torch.nn.Module``.
-    """
-    from snb_ml.models.charge import detect_charge_mode
-
-    return detect_charge_mode(model) is not None
 
 
 def charge_preparer(mode: str | None, name: str, radius: float | None = None) -> Callable[[Any], None] | None:

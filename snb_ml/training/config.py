@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 from snb_ml.errors import InputError
-from snb_ml.training.frames import ENERGY_KEY, FORCES_KEY, NO_CHARGE, STRESS_KEY
+from snb_ml.training.frames import NO_CHARGE
 
 #: Charge modes accepted by ``snb-ml train --charge-mode``.
 TRAIN_CHARGE_MODES = ("site", "global", "intensive", NO_CHARGE)

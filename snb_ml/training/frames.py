@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.frames import CHARGE_KEY, ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError
 
 SPLITS = ("train", "valid", "test")
-ENERGY_KEY = "REF_energy"
-FORCES_KEY = "REF_forces"
-STRESS_KEY = "REF_stress"
-CHARGE_KEY = "total_charge"
+
 HEAD_KEY = "head"
 DEFAULT_HEAD = "Default"
 #: ``--charge-mode`` values: the models' modes plus ``none`` for a charge-blind model.

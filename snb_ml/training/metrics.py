@@ -16,10 +16,6 @@ from snb_ml.training.predict import Prediction
 MIN_RANK_FRAMES = 3
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def error_stats(predictions: Sequence[Prediction]) -> dict[str, Any]:
     """Return energy and force errors of a set of frames.
 

@@ -106,7 +106,7 @@ class Prediction:
 
 def predict(handle: ModelHandle, frames: Sequence[Atoms]) -> list[Prediction]:
     """Predict energies and forces of frames already annotated for the model's charge mode."""
-    from snb_ml.training.frames import ENERGY_KEY, FORCES_KEY
+    from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 
     results = []
     for atoms in frames:
