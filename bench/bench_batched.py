@@ -11,6 +11,7 @@ Usage::
     python bench/bench_batched.py compare [--atoms 64] [--structures 15] [--model chgnet] [--threads 2]
     python bench/bench_batched.py scaling [--model chgnet] [--threads 2]   # N and atom-count series
     python bench/bench_batched.py compare --device cuda --structures 120   # on a GPU machine
+    python bench/bench_batched.py compare --decompose   # also: one lane; one structure per call
 
 ``--model`` is ``chgnet`` (default, offline) or a path to a MACE ``.model`` file. ``--fmax`` and
 ``--steps`` default to snb_ml's (0.01 eV/Å, 1000).
@@ -101,6 +102,13 @@ def child(mode: str, structures_path: str, model: str, device: str, fmax: float,
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     calls = 0
+    evaluator_options = {}
+    engine_options = {}
+    if mode == "batched-1lane":  # the batched engine without its CPU lanes: one model call, all threads
+        evaluator_options["lanes"] = 1
+    if mode == "one-by-one":  # the batched engine's evaluator and FIRE, one structure per call
+        evaluator_options["lanes"] = 1
+        engine_options["max_structures"] = 1
     if mode in ("sequential", "stock"):
         calculator = loaded.calculator
         if mode == "stock" and model == "chgnet":
@@ -117,7 +125,10 @@ def child(mode: str, structures_path: str, model: str, device: str, fmax: float,
             calls += 1
 
         jobs = [BatchJob(i, atoms) for i, atoms in enumerate(structures)]
-        finished = dict(relax_batched(jobs, batch_evaluator_for(loaded), settings, on_step=count))
+        evaluator = batch_evaluator_for(loaded)
+        for name, value in evaluator_options.items():
+            setattr(evaluator, name, value)
+        finished = dict(relax_batched(jobs, evaluator, settings, on_step=count, **engine_options))
         results = [finished[job] for job in jobs]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -162,9 +173,14 @@ def compare(n: int, atoms: int, args, workdir: Path) -> dict:
     structures = workdir / f"vcd_{atoms}_{n}.xyz"
     if not structures.exists():
         make_structures(n, atoms, structures)
-    stock = run_child("stock", structures, args) if args.model == "chgnet" else None
+    stock = run_child("stock", structures, args) if args.model == "chgnet" and not args.skip_stock else None
     seq = run_child("sequential", structures, args)
     bat = run_child("batched", structures, args)
+    parts = (
+        {mode: run_child(mode, structures, args) for mode in ("batched-1lane", "one-by-one")}
+        if args.decompose
+        else {}
+    )
     de = np.nanmax(np.abs(np.array(seq["energies"]) - np.array(bat["energies"])))
     dr = max(
         np.abs(np.array(a) - np.array(b)).max()
@@ -176,6 +192,7 @@ def compare(n: int, atoms: int, args, workdir: Path) -> dict:
         "stock": stock,
         "seq": seq,
         "bat": bat,
+        "parts": parts,
         "ratio": seq["seconds"] / bat["seconds"],
         "max_dE_meV": 1000 * de,
         "max_dr_A": dr,
@@ -198,6 +215,15 @@ def report(row: dict, device: str) -> None:
             f"      stock ASE loop with CHGNet's own CHGNetCalculator (computes stress + magmoms too): "
             f"{stock['seconds']:.1f} s; batched/stock speed ratio {stock['seconds'] / bat['seconds']:.2f}"
         )
+    for mode, part in row["parts"].items():
+        what = {
+            "batched-1lane": "batched engine, one lane (all threads on one model call per step)",
+            "one-by-one": "batched engine's evaluator and FIRE, one structure per model call",
+        }[mode]
+        print(
+            f"      {what}: {part['seconds']:.1f} s ({part['model_calls']} calls); "
+            f"sequential/this {seq['seconds'] / part['seconds']:.2f}"
+        )
     memory = f"peak RSS seq {seq['peak_rss_mb']:.0f} MB, batched {bat['peak_rss_mb']:.0f} MB"
     if device.startswith("cuda"):
         memory += f"; GPU peak seq {seq['gpu_peak_mb']:.0f} MB, batched {bat['gpu_peak_mb']:.0f} MB"
@@ -218,6 +244,14 @@ def main() -> None:
     parser.add_argument("--fmax", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--skip-stock", action="store_true", help="leave out CHGNet's own ASE calculator (the slowest run)"
+    )
+    parser.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also time the batched engine with one lane and with one structure per call",
+    )
     args = parser.parse_args()
     if args.command == "_child":
         print(json.dumps(child(args.rest[0], args.rest[1], args.model, args.device, args.fmax, args.steps)))

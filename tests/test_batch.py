@@ -132,10 +132,96 @@ def test_chgnet_batched_matches_sequential(cdte_tree):
     loaded = load_chgnet(CalculatorRequest())
     evaluator = batch_evaluator_for(loaded)
     assert evaluator.batched and evaluator.name == "CHGNet"
+    evaluator.lanes = 2  # the CPU path: two structures on two threads
     settings = RelaxSettings(fmax=0.05)
     structures = cdte_starts(cdte_tree)[:2]
     sequential = [relax(atoms, loaded.calculator, settings) for atoms in structures]
     assert_same_minima(sequential, relax_all(structures, evaluator, settings))
+
+
+def chgnet_edges(positions_graph, cell):
+    """CHGNet-style graph arrays as sets of edges ``(centre, neighbour, image)``, bonds and angles."""
+    centers, neighbors, images, d2u, bond_graph = positions_graph
+    images = (
+        np.rint(np.asarray(images, dtype=float) @ np.linalg.inv(cell)).astype(int)
+        if cell is not None
+        else images
+    )
+    edges = [
+        (int(c), int(n), tuple(int(x) for x in image))
+        for c, n, image in zip(centers, neighbors, images, strict=True)
+    ]
+    bonds = {}
+    for edge, bond in zip(edges, d2u, strict=True):
+        bonds.setdefault(int(bond), set()).add(edge)
+    angles = {(int(row[0]), edges[int(row[2])], edges[int(row[4])]) for row in bond_graph}
+    return set(edges), {frozenset(pair) for pair in bonds.values()}, angles
+
+
+@pytest.mark.parametrize("cell", ["defect", "primitive"])
+def test_chgnet_graph_arrays_are_chgnets_graph(cdte_tree, cell):
+    from chgnet.graph import CrystalGraphConverter
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from snb_ml.batch.chgnet_graphs import graph_arrays
+
+    # A 63-atom V_Cd cell, and a 2-atom cell where atoms bond to their own periodic images.
+    atoms = cdte_starts(cdte_tree)[1] if cell == "defect" else bulk("CdTe", "zincblende", a=6.48)
+    ours = graph_arrays(atoms, atom_cutoff=6.0, bond_cutoff=3.0)
+    theirs = CrystalGraphConverter(atom_graph_cutoff=6, bond_graph_cutoff=3)(
+        AseAtomsAdaptor.get_structure(atoms)
+    )
+    mine = chgnet_edges(
+        (ours.centers, ours.neighbors, ours.shifts, ours.directed2undirected, ours.bond_graph),
+        atoms.cell.array,
+    )
+    reference = chgnet_edges(
+        (
+            *theirs.atom_graph.T.tolist(),
+            theirs.neighbor_image.tolist(),
+            theirs.directed2undirected.tolist(),
+            theirs.bond_graph.tolist(),
+        ),
+        None,
+    )
+    assert mine[0] == reference[0] and len(ours.centers) == len(theirs.atom_graph)
+    assert mine[1] == reference[1]  # each bond is the same pair of directed edges
+    assert mine[2] == reference[2] and len(ours.bond_graph) == len(theirs.bond_graph)
+    assert np.array_equal(
+        ours.directed2undirected[ours.undirected2directed], np.arange(len(ours.undirected2directed))
+    )
+
+
+def test_chgnet_lanes_match_chgnets_own_calculator(cdte_tree):
+    from snb_ml.batch.evaluators import ChgnetBatchEvaluator
+    from snb_ml.relaxers.chgnet_backend import load_chgnet
+
+    calculator = load_chgnet(CalculatorRequest()).calculator
+    structures = cdte_starts(cdte_tree)
+    structures.append(bulk("CdTe", "zincblende", a=6.48))  # mixed sizes in one call
+    reference = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        reference.append((atoms.get_potential_energy(), atoms.get_forces()))
+    for lanes in (1, 2, 3):
+        energies, forces = ChgnetBatchEvaluator(calculator, lanes=lanes).evaluate(structures)
+        for (energy, force), (ref_energy, ref_force) in zip(
+            zip(energies, forces, strict=True), reference, strict=True
+        ):
+            assert abs(energy - ref_energy) < 2e-4  # float32 sums in another order
+            assert force.shape == ref_force.shape and np.abs(force - ref_force).max() < 2e-3
+
+
+def test_chgnet_graph_of_an_isolated_atom_is_refused():
+    from ase import Atoms
+
+    from snb_ml.batch.chgnet_graphs import graph_arrays
+
+    atoms = Atoms("Cd2", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[20, 20, 20], pbc=True)
+    atoms += Atoms("Te", positions=[[12, 12, 12]])
+    with pytest.raises(ValueError, match=r"atoms \[2\] of .* no neighbour within 6.0 Å"):
+        graph_arrays(atoms, atom_cutoff=6.0, bond_cutoff=3.0)
 
 
 @pytest.fixture(scope="module")
