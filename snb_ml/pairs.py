@@ -24,7 +24,6 @@ of pair trees one at a time.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +33,18 @@ import numpy as np
 
 from snb_ml.atomic import write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import METADATA_FILE, dft_outputs, is_distortion_dir, load_json, read_input_structure
+from snb_ml.snbtree import (
+    METADATA_FILE,
+    dft_outputs,
+    is_distortion_dir,
+    load_json,
+    read_input_structure,
+    split_charge,
+)
 
 DEFAULT_PAIR_DISTORTIONS = (-0.6, -0.5, -0.4, -0.3, -0.2)
 DEFAULT_DIMER_DISTANCE = 2.0
 PAIRS_KEY = "snb_ml_pairs"
-_CHARGE = re.compile(r"_([+-]?\d+)$")
 
 
 @dataclass(frozen=True)
@@ -384,7 +389,7 @@ def pair_distortions_from_folder(defect_dir: str | Path, **options: Any) -> dict
     structure = Structure.from_ase_atoms(read_input_structure(defect_dir / "Unperturbed"))
     metadata = _read_metadata(defect_dir)
     entries = metadata.get("defects", {})
-    key = _CHARGE.sub("", defect_dir.name)
+    key = split_charge(defect_dir.name)[0]
     if key not in entries and len(entries) == 1:
         key = next(iter(entries))
     if key not in entries:
@@ -403,12 +408,12 @@ def pair_distortions_from_folder(defect_dir: str | Path, **options: Any) -> dict
 def _charge(defect: str, charge: int | None) -> int:
     if charge is not None:
         return int(charge)
-    match = _CHARGE.search(defect)
-    if not match:
+    name_charge = split_charge(defect)[1]
+    if name_charge is None:
         raise InputError(
             f"Defect folder name '{defect}' does not end in its charge (like v_Cu_0); pass charge."
         )
-    return int(match.group(1))
+    return name_charge
 
 
 def _metadata(distortions: dict[str, Any], defect: str, charge: int) -> dict[str, Any]:
@@ -443,7 +448,7 @@ def _metadata(distortions: dict[str, Any], defect: str, charge: int) -> dict[str
     pairs = {key: distortions[key] for key in ("pairs", "folders", "omitted", "defect_site", "neighbours")}
     return {
         "distortion_parameters": snb_parameters,
-        "defects": {_CHARGE.sub("", defect): entry},
+        "defects": {split_charge(defect)[0]: entry},
         PAIRS_KEY: {**pairs, "parameters": parameters},
     }
 

@@ -38,7 +38,17 @@ DFT_OUTPUT_PATTERNS = (
     "relax.out",
     "*-pos-*.xyz",
 )
-_CHARGE_PATTERN = re.compile(r"_([+-]?\d+)$")
+_CHARGE_SUFFIX = re.compile(r"^(?P<defect>.+)_(?P<charge>[+-]?\d+)$")
+
+
+def split_charge(name: str) -> tuple[str, int | None]:
+    """Split a ShakeNBreak/doped defect folder name into defect and charge.
+
+    ``v_Cd_-1`` gives ``("v_Cd", -1)``, ``Te_i_C3v_+2`` gives ``("Te_i_C3v", 2)``; a name without a
+    charge suffix comes back whole with ``None``.
+    """
+    match = _CHARGE_SUFFIX.match(name)
+    return (match["defect"], int(match["charge"])) if match else (name, None)
 
 
 def load_json(path: Path, fix: str, error: type[Exception] = OutputError) -> dict | None:
@@ -157,9 +167,9 @@ def parse_charge(defect: DefectInput) -> int:
     Raises:
         InputError: If neither the name nor ``distortion_metadata.json`` gives a single charge.
     """
-    match = _CHARGE_PATTERN.search(defect.name)
-    if match:
-        return int(match.group(1))
+    charge = split_charge(defect.name)[1]
+    if charge is not None:
+        return charge
     metadata_file = defect.directory / METADATA_FILE
     if metadata_file.is_file():
         try:

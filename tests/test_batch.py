@@ -333,3 +333,20 @@ def test_constraints_hold_as_in_the_sequential_engine():
     assert_same_minima(sequential, batched, dr=1e-9, de=1e-9)
     for start, result in zip(structures, batched, strict=True):
         assert np.abs(result.atoms.positions[:3] - start.positions[:3]).max() == 0
+
+
+def test_lanes_balance_atoms_and_cover_every_structure_once():
+    from ase import Atoms
+
+    from snb_ml.batch.lanes import lane_count, split_into_lanes
+
+    sizes = [63, 215, 63, 63, 8, 127]
+    structures = [Atoms(f"H{n}") for n in sizes]
+    lanes = split_into_lanes(structures, 2)
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in lane) for lane in lanes]
+    assert max(loads) - min(loads) <= 63  # greedy largest-first: within one cell of even
+    assert all(lane == sorted(lane) for lane in lanes)
+    assert lane_count("cuda:0", None, structures) == 1  # one lane on a GPU, whatever is asked
+    assert lane_count("cpu", 8, structures[:3]) == 3  # never more lanes than structures
+    assert lane_count("cpu", None, [Atoms("H8")] * 4) == 1  # too few atoms to split

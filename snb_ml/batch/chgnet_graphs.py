@@ -183,8 +183,8 @@ def batched_graph(model: Any, structures: list[Atoms], device: str) -> tuple[Any
     undirected2directed = joined("undirected2directed", edge_offsets)
     shifts = torch.as_tensor(joined("shifts"), dtype=dtype, device=device)
     bond_basis_ag, bond_basis_bg, bond_vectors = model.bond_basis_expansion(
-        center=positions[centers],
-        neighbor=positions[neighbors] + shifts,
+        center=positions[index(centers)],
+        neighbor=positions[index(neighbors)] + shifts,
         undirected2directed=index(undirected2directed),
         image=torch.zeros_like(shifts),
         lattice=torch.eye(3, dtype=dtype, device=device),

@@ -85,7 +85,7 @@ class ChgnetBatchEvaluator:
     """
 
     batched = True
-    # 3-4x snb_ml's sequential engine on 2 CPU cores (15 V_Cd distortions, bench/bench_batched.py).
+    # 2.2-2.8x snb_ml's sequential engine on 2 CPU cores (15-60 V_Cd distortions, bench/bench_batched.py).
     faster_on_cpu = True
 
     def __init__(self, calculator: Any, lanes: int | None = None):

@@ -8,7 +8,7 @@ setting is left as it was.
 
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,6 +79,18 @@ def evaluate_in_lanes(
     return energies, forces
 
 
-@functools.cache
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
 def _lane_pool(lanes: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="snb_ml-lane")
+    # One pool for the process, grown when a batch needs more lanes (the lane count falls as
+    # structures converge; a pool per count would leave idle threads behind).
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < lanes:
+            # The old pool is not shut down: another thread may still submit to it; its idle
+            # threads exit once it is garbage-collected.
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="snb_ml-lane"), lanes
+        return _pool

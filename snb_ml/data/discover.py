@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snb_ml.data.vasp import output_files
-from snb_ml.snbtree import TRAJECTORY_FILE, is_distortion_dir
+from snb_ml.snbtree import TRAJECTORY_FILE, is_distortion_dir, split_charge
 
-_CHARGE = re.compile(r"_([+-]?\d+)$")
 _VASP_SUBFOLDER = re.compile(r"^vasp_\w+$")
 _SKIP_DIRS = {".git", "__pycache__", ".snb_ml_handoff"}
 
@@ -41,13 +40,12 @@ class Calculation:
     @property
     def name_charge(self) -> int | None:
         """Charge written in the defect folder's name (``v_Cd_-2`` -> -2), ``None`` if absent."""
-        match = _CHARGE.search(self.defect_folder.name)
-        return int(match.group(1)) if match else None
+        return split_charge(self.defect_folder.name)[1]
 
     @property
     def defect(self) -> str:
         """Defect name without the charge suffix (the bulk folder's name for bulk calculations)."""
-        return _CHARGE.sub("", self.defect_folder.name) if self.kind != "bulk" else self.defect_folder.name
+        return split_charge(self.defect_folder.name)[0] if self.kind != "bulk" else self.defect_folder.name
 
     @property
     def defect_charge_name(self) -> str:

@@ -36,7 +36,6 @@ mean of the site and neighbour-shell distances.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +44,17 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import METADATA_FILE, PROVENANCE_FILE, STRUCTURE_INPUTS, load_json, read_input_structure
+from snb_ml.snbtree import (
+    METADATA_FILE,
+    PROVENANCE_FILE,
+    STRUCTURE_INPUTS,
+    load_json,
+    read_input_structure,
+    split_charge,
+)
 
 SITE_TOLERANCE = 0.5  # Å: an atom this close to unique_site in Unperturbed sits on the defect site
 SHELL_TOLERANCE = 1.15  # nearest-neighbour shell: atoms within this factor of the closest distance
-_CHARGE_SUFFIX = re.compile(r"_([+-]?\d+)$")
 
 
 @dataclass(frozen=True)
@@ -114,14 +119,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _charge_of(folder_name: str) -> int | None:
-    match = _CHARGE_SUFFIX.search(folder_name)
-    return int(match.group(1)) if match else None
-
-
 def _pick_entry(defects: dict[str, Any], folder_name: str, single_file: bool) -> tuple[str, dict] | None:
-    charge = _charge_of(folder_name)
-    stem = _CHARGE_SUFFIX.sub("", folder_name)
+    stem, charge = split_charge(folder_name)
     if stem in defects:
         return stem, defects[stem]
     if single_file and len(defects) == 1:
@@ -160,7 +159,7 @@ def load_defect_metadata(ml_defect_dir: str | Path) -> tuple[str, dict[str, Any]
             continue
         name, entry = picked
         charges = entry.get("charges", {})
-        charge = _charge_of(directory.name)
+        charge = split_charge(directory.name)[1]
         if charge is not None and str(charge) in charges:
             charge_entry = charges[str(charge)]
         else:

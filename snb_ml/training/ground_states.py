@@ -22,7 +22,6 @@ needs the bulk, chemical potentials and band edges that a model test does not ch
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,11 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
+from snb_ml.snbtree import split_charge
 from snb_ml.training.predict import ModelHandle
 
 #: A model ground state counts as reproducing DFT below this RMSD (Å).
 RMSD_THRESHOLD = 0.1
-_NAME = re.compile(r"^(?P<defect>.+)_(?P<charge>[+-]?\d+)$")
 _DFT_FILES = ("vasprun.xml", "OUTCAR", "OUTCAR.gz", "vasprun.xml.gz")
 
 
@@ -44,10 +43,10 @@ def parse_name(name: str) -> tuple[str, int]:
     Raises:
         InputError: If the name does not end in an integer charge.
     """
-    match = _NAME.match(name)
-    if not match:
+    defect, charge = split_charge(name)
+    if charge is None:
         raise InputError(f"Ground state '{name}' must be named <defect>_<charge>, like v_Cd_-1 or Mg_O_+2.")
-    return match.group("defect"), int(match.group("charge"))
+    return defect, charge
 
 
 def _read_dft_folder(folder: Path) -> tuple[Atoms, float]:
@@ -80,7 +79,9 @@ def load_ground_states(source: str | Path) -> tuple[dict[str, dict[str, Any]], f
     vbm = float(spec.pop("vbm", 0.0) or 0.0)
     entries: dict[str, dict[str, Any]] = {}
     if source.is_dir():
-        for folder in sorted(p for p in source.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        for folder in sorted(
+            p for p in source.iterdir() if p.is_dir() and split_charge(p.name)[1] is not None
+        ):
             atoms, energy = _read_dft_folder(folder)
             entries[folder.name] = {"atoms": atoms, "energy": energy}
     for name, entry in spec.items():
