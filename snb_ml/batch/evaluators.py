@@ -6,6 +6,7 @@ so the batched and the sequential engines use the same weights, device and preci
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -94,6 +95,14 @@ class ChgnetBatchEvaluator:
         self.name = "CHGNet"
         self.lanes = lanes
         self._composition_energy: dict[bytes, float] = {}
+        # Checked once, so a bug in the fast path fails loudly instead of falling back unseen.
+        self.array_graphs = _supports_array_graphs(self.model)
+        if not self.array_graphs:
+            warnings.warn(
+                "This CHGNet version's BatchedGraph/_compute differ from 0.3-0.4; the batched engine uses "
+                "CHGNet's own (slower) graph construction.",
+                stacklevel=2,
+            )
 
     def evaluate(self, structures: list[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Energies and forces (no stress, no magnetic moments)."""
@@ -113,13 +122,12 @@ class ChgnetBatchEvaluator:
 
         if threads is not None:  # per OS thread: the caller's own setting is untouched
             torch.set_num_threads(threads)
-        try:
-            from snb_ml.batch.chgnet_graphs import batched_graph
-
-            graph, positions = batched_graph(self.model, structures, self.device)
-            prediction = self.model._compute(graph, compute_force=False)
-        except (ImportError, AttributeError, TypeError):  # another CHGNet version: its public path
+        if not self.array_graphs:
             return self._evaluate_public(structures)
+        from snb_ml.batch.chgnet_graphs import batched_graph
+
+        graph, positions = batched_graph(self.model, structures, self.device)
+        prediction = self.model._compute(graph, compute_force=False)
         counts = [len(atoms) for atoms in structures]
         energy = prediction["e"] + torch.as_tensor(
             self._composition_energies(structures), dtype=prediction["e"].dtype, device=prediction["e"].device
@@ -157,6 +165,29 @@ class ChgnetBatchEvaluator:
         if self.model.is_intensive:
             energies = energies * np.array([len(atoms) for atoms in structures])
         return energies, [f.detach().cpu().numpy().astype(float) for f in prediction["f"]]
+
+
+def _supports_array_graphs(model: Any) -> bool:
+    try:
+        from chgnet.model.model import BatchedGraph
+    except ImportError:
+        return False
+    fields = set(getattr(BatchedGraph, "__dataclass_fields__", ()))
+    needed = {
+        "atomic_numbers",
+        "bond_bases_ag",
+        "bond_bases_bg",
+        "angle_bases",
+        "batched_atom_graph",
+        "batched_bond_graph",
+        "atom_owners",
+        "directed2undirected",
+        "atom_positions",
+        "strains",
+        "volumes",
+    }
+    parts = ("_compute", "bond_basis_expansion", "angle_basis_expansion", "graph_converter")
+    return needed == fields and all(hasattr(model, part) for part in parts)
 
 
 def _structure(atoms: Atoms) -> Any:
