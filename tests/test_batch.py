@@ -286,6 +286,11 @@ def test_tree_run_batched_writes_what_sequential_writes(cdte_tree, tiny_mace, tm
 
     energies = yaml.safe_load((tmp_path / "batched" / "v_Cd_0" / "v_Cd_0.yaml").read_text())
     assert set(energies) == {"Unperturbed", "distortions"} and set(energies["distortions"]) == {-0.3, "Dimer"}
+    from snb_ml.summary import format_summary
+
+    # Batch members' own times overlap: the summary shares out the wall time instead.
+    assert "of wall time per relaxation (batched engine)" in format_summary(reports["batched"])
+    assert "s per relaxation," in format_summary(reports["sequential"])
 
 
 def test_engine_choice(tiny_mace):
