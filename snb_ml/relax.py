@@ -91,25 +91,11 @@ def min_interatomic_distance(atoms: Atoms, cutoff: float = 4.0) -> float:
     """
     if len(atoms) < 2:
         return float("inf")
-    # pymatgen's C cell list: ~0.1 ms for a 64-atom cell against ~2.5 ms for ASE's, and this runs
-    # at every optimizer step. Its cells are the search radius wide, so tiny radii cost more than 3 Å.
-    from pymatgen.optimization.neighbors import find_points_in_spheres
+    from snb_ml.neighbors import neighbor_list
 
-    cart = np.ascontiguousarray(atoms.positions, dtype=float)
-    lattice = (
-        atoms.cell.array
-        if atoms.cell.rank == 3
-        else np.eye(3) * (np.ptp(cart, axis=0).max() + 2 * cutoff + 1)
-    )
-    centers, neighbors, _, distances = find_points_in_spheres(
-        cart,
-        cart,
-        r=float(max(cutoff, 3.0)),
-        pbc=np.ascontiguousarray(atoms.pbc if atoms.cell.rank == 3 else [0, 0, 0], dtype=np.int64),
-        lattice=np.ascontiguousarray(lattice, dtype=float),
-        tol=1e-8,
-    )
-    distances = distances[~((centers == neighbors) & (distances <= 1e-8)) & (distances <= cutoff)]
+    # pymatgen's cells are the search radius wide, so tiny radii cost more than 3 Å.
+    distances = neighbor_list(atoms, max(cutoff, 3.0))[3]
+    distances = distances[distances <= cutoff]
     return float(distances.min()) if len(distances) else float("inf")
 
 

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-# CHGNet's own tolerance for an atom coinciding with itself (CrystalGraphConverter -> get_neighbor_list).
-_SELF_TOLERANCE = 1e-8
+from snb_ml.neighbors import neighbor_list
 
 
 @dataclass
@@ -42,27 +41,6 @@ class GraphArrays:
     bond_graph: np.ndarray
 
 
-def _neighbor_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from pymatgen.optimization.neighbors import find_points_in_spheres
-
-    cart = np.ascontiguousarray(atoms.positions, dtype=float)
-    centers, neighbors, images, distances = find_points_in_spheres(
-        cart,
-        cart,
-        r=float(cutoff),
-        pbc=np.ascontiguousarray(atoms.pbc, dtype=np.int64),
-        lattice=np.ascontiguousarray(atoms.cell.array, dtype=float),
-        tol=_SELF_TOLERANCE,
-    )
-    keep = ~((centers == neighbors) & (distances <= _SELF_TOLERANCE))
-    return (
-        centers[keep].astype(np.int64),
-        neighbors[keep].astype(np.int64),
-        images[keep].astype(np.int64),
-        distances[keep],
-    )
-
-
 def _edge_keys(
     first: np.ndarray, second: np.ndarray, images: np.ndarray, n_atoms: int, span: int
 ) -> np.ndarray:
@@ -83,7 +61,7 @@ def graph_arrays(atoms: Atoms, atom_cutoff: float, bond_cutoff: float) -> GraphA
         ValueError: An atom has no neighbour within ``atom_cutoff`` (CHGNet refuses such graphs).
     """
     n_atoms = len(atoms)
-    centers, neighbors, images, distances = _neighbor_list(atoms, atom_cutoff)
+    centers, neighbors, images, distances = neighbor_list(atoms, atom_cutoff)
     isolated = np.setdiff1d(np.arange(n_atoms), centers)
     if isolated.size:
         raise ValueError(
