@@ -49,7 +49,11 @@ main.add_command(
 
 @main.command("plugins", context_settings=CONTEXT_SETTINGS)
 def plugins() -> None:
-    """List installed snb_ml plugins: plugin, package, version and what each registers."""
+    """List installed snb_ml plugins: plugin, package, version and what each registers.
+
+    Also lists the MACE foundation models ``--relaxer mace --model NAME`` accepts, what each was
+    trained on, and whether it is already in mace-torch's cache (usable offline).
+    """
     from tabulate import tabulate
 
     from snb_ml.plugins import get_plugin_infos, get_relaxers
@@ -63,6 +67,37 @@ def plugins() -> None:
     click.echo("")
     for name, backend in sorted(relaxers.items()):
         click.echo(f"  {name:<10} {backend.description}")
+    if "mace" in relaxers:
+        _list_mace_foundations()
+
+
+def _list_mace_foundations() -> None:
+    from tabulate import tabulate
+
+    from snb_ml.relaxers import mace_foundations as foundations
+
+    click.echo("")
+    try:
+        names = foundations.foundation_names()
+        directory = foundations.cache_dir()
+    except Exception as exc:  # a broken mace-torch install must not break the listing
+        click.echo(f"MACE foundation models: unavailable ({type(exc).__name__}: {exc})")
+        return
+    rows = []
+    for name in names:
+        about = foundations.describe(name)
+        cached = "yes" if foundations.locate(name) is not None else "-"
+        rows.append([name, about.model, about.trained_on, about.theory, about.licence, cached, about.note])
+    click.echo(
+        f"MACE foundation models (--relaxer mace --model NAME; without --model: "
+        f"{foundations.DEFAULT_FOUNDATION}, mace-torch's default):"
+    )
+    headers = ["name", "model", "trained on", "level of theory", "licence", "cached", "note"]
+    click.echo(tabulate(rows, headers=headers))
+    click.echo(
+        f"Downloaded once on first use into mace-torch's cache {directory} (XDG_CACHE_HOME moves it); "
+        f"{foundations.OFFLINE_ENV}=1 forbids downloads. Offline, --relaxer chgnet needs no download."
+    )
 
 
 main.add_command(select)

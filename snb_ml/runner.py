@@ -344,6 +344,7 @@ class _DefectRun:
                 "version": self.model.version,
                 "charge_aware": self.model.charge_aware,
                 "head": self.model.head,
+                "file": self.model.file_record(),
             },
             "settings": self.settings.as_dict(),
             "distortions": {} if self.settings.force else previous.get("distortions", {}),

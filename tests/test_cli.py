@@ -65,7 +65,7 @@ def test_snb_ml_run_selected_defect(cu_tree):
     ("args", "expected"),
     [
         (["--relaxer", "nonesuch"], "Unknown relaxer 'nonesuch'. Installed relaxers: ase, chgnet, mace"),
-        (["--relaxer", "mace"], "needs --model"),
+        (["--relaxer", "mace", "--model", "medium-mpa-9"], "nor a MACE-MP foundation-model name"),
         (["--relaxer", "mace", "--model", "/no/such.model"], "does not exist"),
         (["--relaxer", "ase", "--model", "ase.calculators.nope:X"], "Cannot import module"),
         ([*EMT, "--calc-kwargs", "{bad json"], "--calc-kwargs must be a JSON object"),

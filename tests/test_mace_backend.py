@@ -278,13 +278,6 @@ def test_corrupt_model_file(tmp_path):
         load(corrupt)
 
 
-def test_no_model_given():
-    with pytest.raises(ModelError) as error:
-        get_relaxer("mace").load(CalculatorRequest(model=None, device="cpu"))
-    assert "--model" in str(error.value)
-    assert "chgnet" in str(error.value)
-
-
 def test_foundation_model_offline_fails_fast(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SNB_ML_OFFLINE", "1")

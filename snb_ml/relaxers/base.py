@@ -56,6 +56,9 @@ class LoadedModel:
         batch_evaluator: Optional evaluator of many structures per model call for the batched
             engine (see :class:`snb_ml.batch.BatchEvaluator`); ``None``: snb_ml picks one for
             CHGNet and MACE calculators, and other calculators run one structure at a time.
+        source: Absolute path of the model file the weights were read from, if the backend read one
+            (for the provenance file); ``None`` for built-in weights.
+        file_sha256: SHA-256 of that file (hex), so a rerun can tell whether the weights changed.
     """
 
     calculator: Any
@@ -67,6 +70,14 @@ class LoadedModel:
     charge_mode: str | None = None
     prepare_atoms: Callable[[Any], None] | None = None
     batch_evaluator: Any = None
+    source: str | None = None
+    file_sha256: str | None = None
+
+    def file_record(self) -> dict[str, str | None] | None:
+        """``{"path", "sha256"}`` of the model file for the provenance file, or ``None`` without one."""
+        if self.source is None:
+            return None
+        return {"path": self.source, "sha256": self.file_sha256}
 
     def check_elements(self, symbols: Iterable[str], where: str) -> None:
         """Raise :class:`ModelError` if the model cannot describe every element in ``symbols``.

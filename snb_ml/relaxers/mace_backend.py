@@ -1,7 +1,8 @@
-"""MACE backend: a model file, or a MACE-MP foundation model fetched only when named."""
+"""MACE backend: a model file, or a MACE-MP foundation model (by default mace-torch's default one)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -10,55 +11,26 @@ from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.hookspecs import hookimpl
+from snb_ml.relaxers import mace_foundations as foundations
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
+from snb_ml.relaxers.mace_foundations import OFFLINE_ENV, OFFLINE_HELP, offline
 
-OFFLINE_ENV = "SNB_ML_OFFLINE"
+__all__ = ["OFFLINE_ENV", "charge_preparer", "file_sha256", "load_mace", "offline"]
 
-_OFFLINE_HELP = (
-    "Ways out: pass --model PATH to a MACE .model file already on disk, or use the offline default "
-    "--relaxer chgnet."
-)
+_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _foundation_names() -> list[str]:
-    from mace.calculators.foundations_models import mace_mp_names
-
-    return [name for name in mace_mp_names if name]
-
-
-def offline() -> bool:
-    """True when ``SNB_ML_OFFLINE`` forbids downloads (any value but empty/0/false/no)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _fetch_foundation_model(name: str) -> str:
-    """Return a local path for MACE-MP foundation model ``name``, downloading it if allowed."""
-    from mace.calculators.foundations_models import (
-        download_mace_mp_checkpoint,
-        local_model_path,
-        mace_mp_urls,
-    )
-    from mace.tools.utils import get_cache_dir
-
-    if name == "medium-mpa-0" and os.path.isfile(local_model_path):  # some installs bundle it
-        return local_model_path
-    cached = Path(get_cache_dir()) / "".join(
-        c for c in os.path.basename(mace_mp_urls[name]) if c.isalnum() or c == "_"
-    )
-    if cached.is_file():
-        return str(cached)
-    if offline():
-        raise ModelError(
-            f"MACE foundation model '{name}' is not cached in {cached.parent} and {OFFLINE_ENV} is set, "
-            f"so it will not be downloaded. {_OFFLINE_HELP}"
-        )
-    try:
-        return download_mace_mp_checkpoint(name)
-    except Exception as exc:  # URLError, timeouts, HTML error pages: all mean "no model"
-        raise ModelError(
-            f"Could not download MACE foundation model '{name}' ({type(exc).__name__}: {exc}); the "
-            f"network may be unavailable. {_OFFLINE_HELP}"
-        ) from exc
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file, remembered per (path, size, mtime) so reloads cost nothing."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def _import_mace() -> Any:
@@ -71,23 +43,81 @@ def _import_mace() -> Any:
     return mace
 
 
-def _load_torch_model(path: str, device: str) -> Any:
+def _damaged_cache_file(foundation: str, path: str, problem: str) -> ModelError:
+    return ModelError(
+        f"The cached file of MACE foundation model '{foundation}' is damaged: {path} {problem}. Delete it "
+        f"(rm '{path}') and run again to download it afresh. {foundations.by_hand(foundation)} {OFFLINE_HELP}"
+    )
+
+
+def _load_torch_model(path: str, device: str, foundation: str | None = None) -> Any:
+    """Read a MACE ``.model`` file; ``foundation`` names the cached foundation model it is, if any."""
     _import_mace()
     import torch
 
     try:
         model = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:
+        if foundation is not None:
+            problem = f"cannot be read ({type(exc).__name__}: {exc})"
+            raise _damaged_cache_file(foundation, path, problem) from exc
         raise ModelError(
             f"Could not read MACE model file '{path}' ({type(exc).__name__}: {exc}). Check that it is a "
-            f"model saved by MACE (e.g. from mace_run_train). {_OFFLINE_HELP}"
+            f"model saved by MACE (e.g. from mace_run_train). {OFFLINE_HELP}"
         ) from exc
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers"):
+        if foundation is not None:
+            raise _damaged_cache_file(foundation, path, f"holds a {type(model).__name__}, not a MACE model")
         raise ModelError(
             f"'{path}' holds a {type(model).__name__}, not a MACE model (a training checkpoint or state "
-            f"dict?). Pass the .model file that mace_run_train writes. {_OFFLINE_HELP}"
+            f"dict?). Pass the .model file that mace_run_train writes. {OFFLINE_HELP}"
         )
     return model
+
+
+def _resolve(spec: str | None) -> tuple[str, str | None]:
+    """Map ``--model`` to ``(file path, foundation name or None)``, downloading a foundation if needed."""
+    if not spec:
+        default = foundations.DEFAULT_FOUNDATION
+        return str(foundations.fetch(default, default=True)), default
+    if Path(spec).exists():
+        if not os.access(spec, os.R_OK) or Path(spec).is_dir():
+            raise ModelError(f"MACE model file '{spec}' is not a readable file. {OFFLINE_HELP}")
+        return spec, None
+    if os.sep in spec or Path(spec).suffix in (".model", ".pt", ".pth"):
+        # Clearly a path: fail before importing mace to list foundation names.
+        raise ModelError(f"MACE model file '{spec}' does not exist. {OFFLINE_HELP}")
+    names = foundations.foundation_names()
+    if spec in names:
+        return str(foundations.fetch(spec)), spec
+    raise ModelError(
+        f"MACE model '{spec}' is neither an existing file nor a MACE-MP foundation-model name. Foundation "
+        f"names: {', '.join(names)} (`snb-ml plugins` says what each was trained on; without --model: "
+        f"{foundations.DEFAULT_FOUNDATION}). mace-torch's molecular models (mace_off, mace_omol, mace_polar) "
+        f"are not offered by name. {OFFLINE_HELP}"
+    )
+
+
+def _choose_head(spec: str, heads: list[str], asked: str | None, foundation: str | None) -> str | None:
+    """The readout head to use, or ``None`` for a single-head model."""
+    if asked is not None and asked not in heads:
+        raise ModelError(f"MACE model '{spec}' has no head '{asked}'. Its heads are: {', '.join(heads)}.")
+    if len(heads) == 1:
+        return None
+    if asked is not None:
+        return asked
+    lowered = {h.lower(): h for h in heads}
+    if foundation is not None:
+        # As MACECalculator: a multi-head foundation (mh-0, mh-1: one head per level of theory and
+        # domain, molecules included) has no safe guess, only its "default" head if it has one.
+        if "default" in lowered:
+            return lowered["default"]
+        raise ModelError(
+            f"MACE foundation model '{foundation}' has several heads ({', '.join(heads)}) and none is "
+            "'default'; choose one with --head (e.g. the head trained on the level of theory of your DFT)."
+        )
+    # Multi-fidelity models trained by snb_ml: prefer the higher level of theory, then MACE's default.
+    return lowered.get("hse") or lowered.get("default") or heads[-1]
 
 
 def charge_preparer(mode: str | None, name: str, radius: float | None = None) -> Callable[[Any], None] | None:
@@ -130,48 +160,31 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
     """Load a MACE calculator from ``request.model`` (file path or foundation-model name).
 
     Args:
-        request: ``model`` is a path or a MACE-MP name (``small``, ``medium-mpa-0``, ...); ``head``
+        request: ``model`` is a path, a MACE-MP name (``small``, ``medium-mpa-0``, ...; see
+            :mod:`snb_ml.relaxers.mace_foundations`) or ``None`` for mace-torch's default foundation
+            model (:data:`~snb_ml.relaxers.mace_foundations.DEFAULT_FOUNDATION`); a foundation file is
+            downloaded once into mace-torch's cache unless ``SNB_ML_OFFLINE`` is set; ``head``
             selects the readout of multi-head models; ``dtype`` defaults to ``float64``;
             ``options["marker_radius"]`` (Å) overrides the defect marker radius of ``site`` models;
             other options go to ``MACECalculator``.
 
     Returns:
         The loaded model; ``charge_aware``, ``charge_mode`` and ``prepare_atoms`` are set when the
-        model has a charge embedding (see :mod:`snb_ml.models`).
+        model has a charge embedding (see :mod:`snb_ml.models`); ``source`` and ``file_sha256``
+        identify the file read.
+
+    Raises:
+        ModelError: For an unknown name, a missing or damaged file, a foundation model that is not
+            cached and cannot (or, offline, may not) be downloaded, or an unknown head.
     """
     spec = request.model
-    if not spec:
-        raise ModelError(
-            "The mace relaxer needs --model: a path to a MACE .model file, or a foundation-model name "
-            f"({', '.join(_foundation_names())}) which is downloaded on first use. {_OFFLINE_HELP}"
-        )
-    if Path(spec).exists():
-        path = spec
-        if not os.access(path, os.R_OK) or Path(path).is_dir():
-            raise ModelError(f"MACE model file '{path}' is not a readable file. {_OFFLINE_HELP}")
-    elif os.sep in spec or Path(spec).suffix in (".model", ".pt", ".pth"):
-        # Clearly a path: fail before importing mace to list foundation names.
-        raise ModelError(f"MACE model file '{spec}' does not exist. {_OFFLINE_HELP}")
-    elif spec in _foundation_names():
-        path = _fetch_foundation_model(spec)
-    else:
-        raise ModelError(
-            f"MACE model '{spec}' is neither an existing file nor a foundation-model name "
-            f"({', '.join(_foundation_names())}). {_OFFLINE_HELP}"
-        )
-
+    path, foundation = _resolve(spec)
     mace = _import_mace()
     from mace.calculators import MACECalculator
 
-    model = _load_torch_model(path, request.device)
+    model = _load_torch_model(path, request.device, foundation)
     heads = list(getattr(model, "heads", None) or ["Default"])
-    head = request.head
-    if head is not None and head not in heads:
-        raise ModelError(f"MACE model '{spec}' has no head '{head}'. Its heads are: {', '.join(heads)}.")
-    if head is None and len(heads) > 1:
-        # Multi-fidelity models: prefer the higher level of theory, then MACE's own default.
-        lowered = {h.lower(): h for h in heads}
-        head = lowered.get("hse") or lowered.get("default") or heads[-1]
+    head = _choose_head(foundation or str(spec), heads, request.head, foundation)
     dtype = request.dtype or "float64"
     model = model.double() if dtype == "float64" else model.float()
     from snb_ml.models.charge import detect_charge_mode
@@ -188,12 +201,12 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
             arrays_keys.setdefault(feature, feature_spec.get("key", feature))
     if arrays_keys:
         options["arrays_keys"] = arrays_keys
-    name = f"MACE {Path(spec).name}"
+    name = f"MACE {foundation or Path(spec).name}"
     calculator = MACECalculator(
         models=model,
         device=request.device,
         default_dtype=dtype,
-        head=head if len(heads) > 1 else None,
+        head=head,
         **options,
     )
     return LoadedModel(
@@ -202,9 +215,11 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         version=f"mace-torch {getattr(mace, '__version__', 'unknown')}",
         charge_aware=mode is not None,
         supported_numbers=frozenset(int(z) for z in model.atomic_numbers),
-        head=head if len(heads) > 1 else None,
+        head=head,
         charge_mode=mode,
         prepare_atoms=charge_preparer(mode, name, radius),
+        source=os.path.abspath(path),
+        file_sha256=file_sha256(path),
     )
 
 
@@ -212,5 +227,10 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
 def register_relaxers(register):
     """Register the ``mace`` relaxer."""
     register(
-        "mace", load_mace, description="MACE from --model PATH or a foundation name (downloaded on request)"
+        "mace",
+        load_mace,
+        description=(
+            "MACE: --model PATH or a foundation name (below); without --model "
+            f"{foundations.DEFAULT_FOUNDATION}, downloaded once into mace-torch's cache"
+        ),
     )
