@@ -6,15 +6,20 @@ Relaxes the 12 ShakeNBreak starts of Mg_O in the 216-atom MgO supercell (the dop
 
 - ``old``: the former default budget, 1,024 atoms per model call whatever they cost (4 x 216 atoms);
 - ``new``: today's default, one structure first, then as many atoms per call as the measured memory
-  per atom leaves room for under ``CPU_MEMORY_LIMIT`` (2 GB), freed memory handed back after each call.
+  per atom leaves room for under ``CPU_MEMORY_LIMIT`` (2 GB), freed memory handed back after each call;
+- ``keep`` (``--modes old,new,keep``): the memory bound without handing freed memory back.
 
 Both run the same FIRE steps on the same structures, so their energies agree to float noise; ``--steps``
 keeps the run short (memory peaks in the first calls; speed is reported per atom-step).
+
+``--cdte-atoms 216`` uses ShakeNBreak distortions of V_Cd in a CdTe supercell instead (made as in
+``bench/bench_batched.py``; no shared data needed): a less dense crystal, so more cells fit one call.
 
 Usage::
 
     python bench/bench_memory.py [--data ../shared/data/snb_dft/MgO_SnB] [--defect Mg_O_0] \
         [--structures 12] [--steps 3] [--threads 2] [--repeat 1]
+    python bench/bench_memory.py --cdte-atoms 216 --structures 12
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +49,18 @@ def starts(data: Path, defect: str, count: int) -> list[Path]:
     return [p / "POSCAR" for p in folders[:count]]
 
 
-def child(mode: str, poscars: list[str], steps: int) -> dict:
+def cdte_starts(atoms: int, count: int, workdir: Path) -> list[Path]:
+    """``count`` ShakeNBreak distortions of V_Cd0 in a CdTe cell, as one extxyz file."""
+    sys.path.insert(0, str(HERE))
+    from bench_batched import make_structures
+
+    path = workdir / f"vcd_{atoms}_{count}.xyz"
+    if not path.exists():
+        make_structures(count, atoms, path)
+    return [path]
+
+
+def child(mode: str, paths: list[str], steps: int) -> dict:
     """Relax the structures with the batched engine in ``mode``; return memory, time and energies."""
     from ase.io import read
 
@@ -55,12 +72,16 @@ def child(mode: str, poscars: list[str], steps: int) -> dict:
     from snb_ml.relaxers.chgnet_backend import load_chgnet
 
     warnings.filterwarnings("ignore")
-    structures = [read(path) for path in poscars]
+    structures = [atoms for path in paths for atoms in read(path, index=":")]
     evaluator = batch_evaluator_for(load_chgnet(CalculatorRequest(device="cpu")))
     loaded = resident()
     sizes: list[int] = []
     jobs = [BatchJob(i, atoms) for i, atoms in enumerate(structures)]
     options = {"max_atoms": CPU_ATOMS_PER_BATCH} if mode == "old" else {}
+    if mode == "keep":  # the memory bound without handing freed memory back: what the trim costs
+        import snb_ml.batch.memory
+
+        snb_ml.batch.memory.release_free_memory = lambda: None
     start = time.perf_counter()
     results = dict(
         relax_batched(jobs, evaluator, RelaxSettings(steps=steps), on_step=sizes.append, **options)
@@ -100,18 +121,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--modes", default="old,new", help="old,new (default); add 'keep' for the bound without the trim"
+    )
+    parser.add_argument("--cdte-atoms", type=int, default=None, choices=[64, 216, 512])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "snb_ml_bench_memory")
     args = parser.parse_args()
     if args.command == "_child":
         print(json.dumps(child(args.rest[0], args.rest[1:], args.steps)))
         return
-    poscars = starts(args.data, args.defect, args.structures)
+    if args.cdte_atoms:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        poscars = cdte_starts(args.cdte_atoms, args.structures, args.workdir)
+        what = f"{args.structures} V_Cd distortions in a {args.cdte_atoms}-site CdTe cell"
+    else:
+        poscars = starts(args.data, args.defect, args.structures)
+        what = f"{len(poscars)} starts of {args.defect} from {args.data}"
     print(
-        f"{len(poscars)} starts of {args.defect} from {args.data}, CHGNet on CPU, {args.threads} thread(s), "
+        f"{what}, CHGNet on CPU, {args.threads} thread(s), "
         f"{args.steps} FIRE steps each, cores visible {os.cpu_count()}"
     )
     runs = []
     for _ in range(args.repeat):  # alternating, so a slow spell of a shared host hits both alike
-        runs += [run_child("old", poscars, args), run_child("new", poscars, args)]
+        runs += [run_child(mode, poscars, args) for mode in args.modes.split(",")]
     for run in runs:
         print(
             f"  {run['mode']:>3}: peak RSS {run['peak_rss_mb']:7.0f} MB (after model load "

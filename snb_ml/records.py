@@ -74,7 +74,7 @@ def reuse_problem(
     """
     recorded_charge = stored.get("charge", legacy_charge)
     if recorded_charge is not None and recorded_charge != charge:
-        return f"the charge changed since the last run ({recorded_charge:+d} -> {charge:+d})"
+        return f"the charge changed since the last run ({_signed(recorded_charge)} -> {_signed(charge)})"
     recorded = stored.get("input_sha256")
     if recorded is None:
         # Written before hashes were stored: the POSCAR copied into the ML tree is the starting structure.
@@ -85,6 +85,10 @@ def reuse_problem(
     if recorded != source_hash:
         return "starting structures changed since the last run"
     return None
+
+
+def _signed(charge: int) -> str:
+    return f"{charge:+d}" if charge else "0"
 
 
 def _sha256(path: Path) -> str:
