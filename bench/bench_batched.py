@@ -92,6 +92,7 @@ def child(mode: str, structures_path: str, model: str, device: str, fmax: float,
     from ase.io import read
 
     from snb_ml.batch import BatchJob, batch_evaluator_for, relax_batched
+    from snb_ml.batch.memory import peak_resident
     from snb_ml.relax import RelaxSettings, relax
 
     warnings.filterwarnings("ignore")
@@ -141,8 +142,9 @@ def child(mode: str, structures_path: str, model: str, device: str, fmax: float,
         "statuses": [r.status for r in results],
         "energies": [r.energy for r in results],
         "positions": [r.atoms.positions.tolist() for r in results],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+        # snb_ml's own peak: the batched engine resets the kernel's high-water mark to measure calls
+        "peak_rss_mb": peak_resident() / 2**20,
+        "rss_growth_mb": peak_resident() / 2**20 - rss_before / 1024,
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
     }
 

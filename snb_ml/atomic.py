@@ -32,6 +32,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.fsync(stream.fileno())
         os.chmod(temporary_path, 0o644)
         os.replace(temporary_path, target)
+    except OSError as exc:
+        # A failed write() names no file (or only the temporary one): name the file the user knows.
+        if exc.filename is None or TEMP_PREFIX in str(exc.filename):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
@@ -43,10 +48,19 @@ def write_text(target: str | os.PathLike, text: str) -> None:
         temporary.write_text(text)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete temporary files left by a killed run below ``directory``; return how many."""
-    removed = 0
-    for stale in Path(directory).rglob(f"{TEMP_PREFIX}*"):
+def remove_stale_temporaries(directory: str | os.PathLike, names: tuple[str, ...] = ()) -> int:
+    """Delete temporary files left by a killed run; return how many.
+
+    Args:
+        directory: Where to look (and below, unless ``names`` is given).
+        names: Only the temporaries of these target file names directly in ``directory`` (for a
+            folder another process may be writing other files into).
+    """
+    directory = Path(directory)
+    if names:
+        stale_files = [p for name in names for p in directory.glob(f"{TEMP_PREFIX}{name}.*")]
+    else:
+        stale_files = list(directory.rglob(f"{TEMP_PREFIX}*"))
+    for stale in stale_files:
         stale.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    return len(stale_files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> No
             if not dft_tree:
                 raise click.UsageError("--undo needs --dft-tree, the tree to restore.")
             restored = undo_handoff(Path(dft_tree), list(defect) or None)
-            click.echo(f"Restored {', '.join(restored)} in {dft_tree}.")
+            tree = Path(dft_tree).resolve()
+            where = tree.parent if restored == [tree.name] and not (tree / tree.name).is_dir() else tree
+            click.echo(
+                f"Restored {', '.join(restored)} in {where} as before the hand-off (byte-identical)."
+            )
             return
         from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
 
@@ -75,8 +80,8 @@ def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> No
             record = prepare_dft_tree(Path(dft_tree), Path(ml_tree), chosen)
             click.echo("\nDFT hand-off:\n" + record.summary())
             click.echo(
-                f"Submit with plain `snb-run` in {dft_tree}; "
-                f"undo with `snb-ml select --undo --dft-tree {dft_tree}`."
+                f"Submit with plain `snb-run` in {shlex.quote(dft_tree)}; "
+                f"undo with `snb-ml select --undo --dft-tree {shlex.quote(dft_tree)}`."
             )
     except SnbMlError as exc:
         _fail(exc)
@@ -136,4 +141,4 @@ def pairs(defect_dir, output, bond_distortions, dimer_distance, no_dimer, num_ne
     click.echo(
         f"{len(distortions['pairs'])} symmetry-unique pair(s), {count} structures written to {directory}."
     )
-    click.echo(f"Relax them with: snb-ml run -p {directory}")
+    click.echo(f"Relax them with: snb-ml run -p {shlex.quote(str(directory))}")

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,28 @@ def _reference_from_json(path: Path, element: str, result_class):
 
 
 def _composition_change(defect, bulk) -> dict[str, int]:
-    elements = sorted(set(defect.counts()) | set(bulk.counts()))
-    change = {e: defect.counts().get(e, 0) - bulk.counts().get(e, 0) for e in elements}
+    """Atoms added (> 0) or removed (< 0) per element, from two ASE structures."""
+    defect_counts, bulk_counts = (Counter(atoms.get_chemical_symbols()) for atoms in (defect, bulk))
+    change = {e: defect_counts[e] - bulk_counts[e] for e in sorted(set(defect_counts) | set(bulk_counts))}
     return {e: n for e, n in change.items() if n}
+
+
+def _needed_references(references: dict[str, Path], change: dict[str, int]) -> dict[str, Path]:
+    """The references the composition change needs; raise for a missing one, warn for an unneeded one."""
+    missing = sorted(set(change) - set(references))
+    if missing:
+        raise InputError(
+            f"The defect changes the composition by {change}; give --reference for {', '.join(missing)} "
+            f"(e.g. --reference {missing[0]}=POSCAR_{missing[0]})."
+        )
+    unneeded = sorted(set(references) - set(change))
+    if unneeded:
+        warnings.warn(
+            f"--reference {', '.join(f'{e}={references[e]}' for e in unneeded)} not used: the defect changes "
+            f"the composition by {change} only; not computed and not stored.",
+            stacklevel=3,
+        )
+    return {e: p for e, p in references.items() if e in change}
 
 
 def compute_free_energies(
@@ -106,6 +126,7 @@ def compute_free_energies(
     log=print,
     symprec: float = 1e-3,
     relax_cells: bool = False,
+    check_elements: Any = None,
 ) -> dict[str, Any]:
     """Compute everything ``snb-ml free-energy`` writes, as plain JSON data.
 
@@ -129,6 +150,12 @@ def compute_free_energies(
             tolerance finds more symmetry in ML-relaxed cells and needs fewer displacements.
         relax_cells: Scale defect and bulk isotropically to the model's zero-pressure bulk lattice and relax
             reference cells in full (:mod:`snb_ml.thermo.cells`); otherwise a strained bulk only warns.
+        check_elements: ``check_elements(symbols, where)`` raising for elements the model lacks
+            (:meth:`~snb_ml.relaxers.base.LoadedModel.check_elements`); checked before any phonon step.
+
+    Raises:
+        InputError: For a missing reference or an unreadable structure; unneeded references only warn
+            and are left out.
     """
     from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
     from snb_ml.thermo.phonons import (
@@ -141,6 +168,18 @@ def compute_free_energies(
 
     defect_atoms = read_structure(defect_path, "--defect")
     bulk_atoms = read_structure(bulk_path, "--bulk")
+    change = _composition_change(defect_atoms, bulk_atoms)
+    references = _needed_references(references, change)
+    ref_atoms = {
+        element: read_structure(path, f"--reference {element}")
+        for element, path in references.items()
+        if path.suffix != ".json"
+    }
+    if check_elements is not None:  # before any model call: the whole job or nothing
+        check_elements(defect_atoms.get_chemical_symbols(), f"--defect {defect_path}")
+        check_elements(bulk_atoms.get_chemical_symbols(), f"--bulk {bulk_path}")
+        for element, atoms in ref_atoms.items():
+            check_elements(atoms.get_chemical_symbols(), f"--reference {element}={references[element]}")
     pressure, scale = bulk_pressure(bulk_atoms, calculator), 1.0
     if relax_cells:
         defect_atoms, bulk_atoms, scale = scale_to_model(defect_atoms, bulk_atoms, calculator)
@@ -162,19 +201,11 @@ def compute_free_energies(
             f"{name}: {results[name].formula}, {results[name].n_displacements} displacements, "
             f"{time.perf_counter() - start:.1f} s"
         )
-    change = _composition_change(results["defect"], results["bulk"])
-    missing = sorted(set(change) - set(references))
-    if missing:
-        raise InputError(
-            f"The defect changes the composition by {change}; give --reference for {', '.join(missing)} "
-            f"(e.g. --reference {missing[0]}=POSCAR_{missing[0]})."
-        )
-    refs, ref_atoms = {}, {}
+    refs = {}
     for element, path in references.items():
         if path.suffix == ".json":
             refs[element] = _reference_from_json(path, element, VibrationalFreeEnergy)
             continue
-        ref_atoms[element] = read_structure(path, f"--reference {element}")
         if relax_cells:
             ref_atoms[element] = relax_cell(ref_atoms[element], calculator)
         matrix = auto_supercell_matrix(ref_atoms[element], reference_min_length)
@@ -264,7 +295,7 @@ def free_energy(
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
     try:
-        if tstep <= 0 or tmax < tmin or tmin < 0:
+        if not np.all(np.isfinite([tmin, tmax, tstep])) or tstep <= 0 or tmax < tmin or tmin < 0:
             raise InputError(f"Need 0 <= --tmin <= --tmax and --tstep > 0 (got {tmin}, {tmax}, {tstep}).")
         temperatures = np.arange(tmin, tmax + tstep / 2, tstep)
         settings = settings_from_options({**options, "fmax": 1e-3, "steps": 3000, "optimizer": "BFGS"})
@@ -281,6 +312,7 @@ def free_energy(
             log=click.echo,
             symprec=symprec,
             relax_cells=relax_cells,
+            check_elements=loaded.check_elements,
         )
         data["settings"] = settings.as_dict()
         write_text(output, json.dumps(data, indent=1))

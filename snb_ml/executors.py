@@ -19,10 +19,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from snb_ml.errors import InputError, OutputError, SnbMlError
+from snb_ml.errors import InputError, SnbMlError
 from snb_ml.runner import FINAL_STATUSES, DefectReport, RunReport, default_ml_tree, load_model, run_tree
 from snb_ml.settings import RunSettings
-from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, load_json, locate_defects
+from snb_ml.snbtree import (
+    PROVENANCE_FILE,
+    DefectInput,
+    check_output_location,
+    input_tree_identity,
+    load_json,
+    locate_defects,
+)
 
 EXECUTORS = ("local", "dask")
 DASK_INSTALL_HINT = "pip install 'snb_ml[dask]'"
@@ -280,11 +287,9 @@ class _DaskRun:
         self.top, self.selected = locate_defects(path, defects)
         self.path = Path(path).resolve()
         self.ml_top = Path(output).resolve() if output else default_ml_tree(self.top)
-        if self.ml_top == self.top.resolve() or any(self.ml_top == d.directory for d in self.selected):
-            raise OutputError(
-                f"The ML tree {self.ml_top} would be the DFT tree itself; choose a separate folder "
-                "(--output / output=)."
-            )
+        # Checked here too, so a refused output stops the run before any task is submitted.
+        identity = input_tree_identity(self.top, input_label)
+        check_output_location(self.ml_top, self.top, self.selected, identity, settings.force)
         self.output = str(self.ml_top)
         self.reports: dict[str, DefectReport] = {}
         self.engines: set[str] = set()

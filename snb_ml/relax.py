@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,13 @@ class RelaxSettings:
 
         if self.optimizer.upper() not in OPTIMIZERS:
             raise InputError(f"Unknown optimizer '{self.optimizer}'. Choose one of {', '.join(OPTIMIZERS)}.")
+        # NaN passes every comparison and inf never converges; both would also reach the provenance
+        # file as NaN/Infinity, which is not JSON.
+        for name in ("fmax", "min_distance_fraction", "max_energy_rise", "high_energy_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
+                hint = " (--fmax, e.g. 0.01 eV/Å)" if name == "fmax" else ""
+                raise InputError(f"{name} must be a finite number{hint}, got {value!r}.")
         if self.fmax <= 0 or self.steps < 0:
             raise InputError(f"--fmax must be > 0 and --steps >= 0 (got {self.fmax}, {self.steps}).")
 

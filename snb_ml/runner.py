@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,57 +15,45 @@ from ase import Atoms
 
 from snb_ml import __version__
 from snb_ml.atomic import atomic_path, remove_stale_temporaries, write_text
+from snb_ml.batch.memory import peak_resident
 from snb_ml.errors import InputError, OutputError, SnbMlError
-from snb_ml.relax import (
-    CONVERGED,
-    EXPLODED,
-    HIGH_ENERGY,
-    UNCONVERGED,
-    RelaxResult,
-    min_interatomic_distance,
-    relax,
+from snb_ml.records import (
+    ERROR,
+    FINAL_STATUSES,
+    DistortionRecord,
+    energies_of,
+    judge_all,
+    judge_high_energy,
+    output_name,
+    output_of,
+    reuse_problem,
+    set_aside,
+    write_failure_message,
 )
+from snb_ml.relax import EXPLODED, RelaxResult, min_interatomic_distance, relax
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel, resolve_device
 from snb_ml.settings import RunSettings
 from snb_ml.snbtree import (
     DEFAULT_ML_TREE,
-    HIGH_ENERGY_SUFFIX,
     METADATA_FILE,
     PROVENANCE_FILE,
     TRAJECTORY_FILE,
     DefectInput,
     check_ml_defect_dir,
+    check_output_location,
     defect_site_fractional,
+    input_structure_hash,
+    input_tree_identity,
     load_json,
     locate_defects,
     parse_charge,
     read_input_structure,
+    read_metadata,
     write_energies_yaml,
+    write_tree_marker,
 )
 
 LOCK_FILE = ".snb_ml.lock"
-FINAL_STATUSES = (CONVERGED, HIGH_ENERGY, EXPLODED)
-
-
-@dataclass
-class DistortionRecord:
-    """Outcome of one distortion, as stored in the provenance file and shown in the summary."""
-
-    folder: str
-    status: str
-    energy: float | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    max_force: float | None = None
-    message: str = ""
-    output_folder: str | None = None
-    skipped: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain-data form for the provenance file (``skipped`` is per run, not stored)."""
-        data = dict(self.__dict__)
-        data.pop("skipped")
-        return data
 
 
 @dataclass
@@ -98,6 +87,7 @@ class RunReport:
     model: dict[str, Any]
     seconds: float
     engine: str = "sequential"
+    peak_memory: int | None = None  # bytes resident at most in this process (local runs)
 
     @property
     def failed(self) -> bool:
@@ -148,7 +138,8 @@ class _DefectRun:
     """Relaxes the distortions of one defect into its ML tree folder.
 
     ``open`` takes the defect's lock and lists the distortions still to relax (``pending``); each
-    relaxation's outcome goes through ``finish``, whichever engine produced it; ``close`` unlocks.
+    relaxation's outcome goes through ``finish``, whichever engine produced it; ``close`` judges every
+    result against the Unperturbed energy of this run, renames folders to match, and unlocks.
     """
 
     def __init__(
@@ -171,6 +162,9 @@ class _DefectRun:
         self._lock: Any = None
         self.folders: list[str] = []
         self._deferred: list[tuple[str, RelaxResult | Exception]] = []
+        self._sources: dict[str, str | None] = {}  # sha256 of each distortion's starting structure
+        self._write_error: str | None = None
+        self._ready = False  # the distortions are listed: results may be judged at close
 
     def open(self, warn_charge_blind: list[bool]) -> None:
         """Lock the defect's ML folder, start its provenance and list the pending distortions."""
@@ -194,25 +188,36 @@ class _DefectRun:
         self._lock = lock
         try:
             self._prepare(warn_charge_blind)
+        except OSError as exc:  # metadata copy or provenance: nothing of this defect is relaxed
+            self.close()
+            raise OutputError(write_failure_message(self.defect.name, self.ml_dir, exc, 0, [])) from exc
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        """Write results still waiting for Unperturbed, release the lock; records in folder order."""
-        deferred, self._deferred = self._deferred, []
-        for folder, outcome in deferred:  # Unperturbed never finished: judged without a reference
-            self._finish_now(folder, outcome, print)
-        self.report.records = {f: self.report.records[f] for f in self.folders if f in self.report.records}
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Write results still waiting for Unperturbed, judge every result, release the lock."""
+        try:
+            deferred, self._deferred = self._deferred, []
+            for folder, outcome in deferred:  # Unperturbed never finished: judged without a reference
+                self._finish_now(folder, outcome, print)
+            if self._lock is not None and self._write_error is None and self._ready:
+                self._judge_all()
+        except OSError as exc:
+            self._failed_write(exc, print)
+        finally:
+            self.report.records = {
+                f: self.report.records[f] for f in self.folders if f in self.report.records
+            }
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _prepare(self, warn_charge_blind: list[bool]) -> None:
         remove_stale_temporaries(self.ml_dir)
         charge = self.settings.charge if self.settings.charge is not None else parse_charge(self.defect)
         self.report.charge = charge
-        self._start_provenance(charge)
+        legacy_charge = self._start_provenance(charge)
         if charge != 0 and not self.model.charge_aware and warn_charge_blind[0]:
             warn_charge_blind[0] = False
             warnings.warn(
@@ -223,24 +228,60 @@ class _DefectRun:
             )
         self._copy_metadata()
         self.folders = self.defect.distortion_folders()
+        if "Unperturbed" not in self.folders:
+            warnings.warn(
+                f"{self.defect.directory} has no Unperturbed folder: without its energy no distortion of "
+                f"{self.defect.name} is marked _High_Energy, and `snb-ml select` has no reference energy "
+                "for it. Regenerate the defect with snb-generate to get one.",
+                stacklevel=3,
+            )
+        self._set_aside_vanished()
         self.reference = self._reference_distance()
         site = defect_site_fractional(self.defect.directory)
+        redone: dict[str, int] = {}
         for folder in self.folders:
-            existing = self._existing(folder)
-            if existing is not None:
-                self.report.records[folder] = existing
-                continue
+            self._sources[folder] = input_structure_hash(self.defect.directory / folder)
+            stored = self.provenance["distortions"].get(folder)
+            problem = None
+            if stored and not self.settings.force:
+                problem = reuse_problem(stored, self._sources[folder], charge, legacy_charge, self.ml_dir)
+                if problem is None and stored.get("status") in FINAL_STATUSES:
+                    record = DistortionRecord.from_json(
+                        stored, input_sha256=self._sources[folder], charge=charge, skipped=True
+                    )
+                    if output_of(self.ml_dir, record) is not None:
+                        self.report.records[folder] = record
+                        continue
+                if problem is not None and stored.get("status") != ERROR:
+                    redone[problem] = redone.get(problem, 0) + 1
             try:
-                atoms = self._starting_structure(folder, charge, site)
+                # An unconverged run of this very input continues from where it stopped.
+                atoms = self._starting_structure(
+                    folder, charge, site, restart=bool(stored) and problem is None
+                )
             except SnbMlError as exc:
-                record = DistortionRecord(folder=folder, status="error", message=str(exc))
+                record = DistortionRecord(folder=folder, status=ERROR, message=str(exc))
                 print(f"Error in {self.defect.name}/{folder}: {exc}")
                 self._save(record)
                 self.report.records[folder] = record
                 continue
             self.pending.append((folder, atoms))
+        for problem, count in redone.items():
+            print(f"{self.defect.name}: {count} result(s) redone: {problem}.")
+        self._ready = True
 
-    def _starting_structure(self, folder: str, charge: int, site: Any) -> Atoms:
+    def _set_aside_vanished(self) -> None:
+        """Move results of distortion folders no longer in the input tree out of ShakeNBreak's sight."""
+        vanished = [f for f in self.provenance["distortions"] if f not in self.folders]
+        if vanished:
+            aside = set_aside(self.ml_dir, {f: self.provenance["distortions"].pop(f) for f in vanished})
+            self._write_provenance()
+            print(
+                f"{self.defect.name}: {len(vanished)} result(s) of distortions no longer in "
+                f"{self.defect.directory} moved to {aside} ({', '.join(vanished)})."
+            )
+
+    def _starting_structure(self, folder: str, charge: int, site: Any, restart: bool) -> Atoms:
         atoms = read_input_structure(self.defect.directory / folder)
         self.model.check_elements(atoms.get_chemical_symbols(), f"{self.defect.name}/{folder}")
         atoms.info["charge"] = charge
@@ -250,11 +291,13 @@ class _DefectRun:
         if prepare is not None:  # e.g. defect markers of site-charge models, from the starting geometry
             prepare(atoms)
         # An unconverged earlier run continues from where it stopped, like a DFT restart.
-        restart = self.ml_dir / folder / "CONTCAR"
-        if restart.is_file() and not self.settings.force:
+        restart_file = self.ml_dir / folder / "CONTCAR"
+        if restart and restart_file.is_file():
             from ase.io import read
 
-            atoms.positions = read(restart, format="vasp").positions
+            previous = read(restart_file, format="vasp")
+            if len(previous) == len(atoms):
+                atoms.positions = previous.positions
         return atoms
 
     def relax_sequentially(self) -> None:
@@ -274,6 +317,8 @@ class _DefectRun:
             disable=not self.settings.progress,
         ) as bar:
             for folder, atoms in self.pending:
+                if self._write_error is not None:  # nowhere to put further results
+                    break
                 bar.set_postfix_str(folder)
 
                 def on_step(step: int, folder: str = folder) -> None:
@@ -310,53 +355,101 @@ class _DefectRun:
 
     def _finish_now(self, folder: str, outcome: RelaxResult | Exception, echo: Any) -> None:
         where = f"{self.defect.name}/{folder}"
-        if isinstance(outcome, Exception):
-            record = DistortionRecord(
-                folder=folder, status="error", message=f"{type(outcome).__name__}: {outcome}"
+        if self._write_error is not None:  # reported once for the defect; this result is not written
+            self.report.records[folder] = DistortionRecord(
+                folder=folder, status=ERROR, message="not written (see the defect's error)"
             )
-            echo(f"Error in {where}: {record.message}")
-            self._save(record)
-        else:
-            self._classify_high_energy(folder, outcome)
-            source = self.defect.directory / folder
-            record = self._write_outputs(folder, source, outcome, self.report.charge or 0)
-            if record.status == EXPLODED:
-                echo(f"{where}: stopped ({outcome.message}); saved as {record.output_folder}")
+            return
+        try:
+            if isinstance(outcome, Exception):
+                record = DistortionRecord(
+                    folder=folder, status=ERROR, message=f"{type(outcome).__name__}: {outcome}"
+                )
+                echo(f"Error in {where}: {record.message}")
+                self._save(record)
+            else:
+                outcome.status, message = judge_high_energy(
+                    folder,
+                    outcome.status,
+                    outcome.energy,
+                    self.report.unperturbed_energy,
+                    self.settings.relax.high_energy_threshold,
+                )
+                outcome.message = message or outcome.message
+                source = self.defect.directory / folder
+                record = self._write_outputs(folder, source, outcome, self.report.charge or 0)
+                if record.status == EXPLODED:
+                    echo(f"{where}: stopped ({outcome.message}); saved as {record.output_folder}")
+        except OSError as exc:  # disk full, quota, I/O error: the defect stops, the others go on
+            self._failed_write(exc, echo)
+            self.report.records[folder] = DistortionRecord(folder=folder, status=ERROR, message=str(exc))
+            return
         self.report.records[folder] = record
 
-    def _start_provenance(self, charge: int) -> None:
+    def _failed_write(self, error: OSError, echo: Any) -> None:
+        if self._write_error is None:
+            message = write_failure_message(
+                self.ml_dir, error, self.folders, self.provenance.get("distortions", {})
+            )
+            self._write_error = self.report.error = message
+            echo(f"Error for {self.defect.name}: {message}")
+
+    def _start_provenance(self, charge: int) -> int | None:
+        """Start this run's provenance from the stored one; return the stored defect charge."""
         previous = _load_provenance(self.ml_dir)
         signature = self.settings.signature()
-        if previous and previous.get("signature") != signature and not self.settings.force:
-            raise OutputError(
-                f"{self.ml_dir} holds results of other settings ({previous.get('signature')}); this run "
-                f"uses {signature}. Write to another tree (--output / output=), or redo them "
-                "(--force / force=True)."
-            )
+        model = {
+            "name": self.model.name,
+            "version": self.model.version,
+            "charge_aware": self.model.charge_aware,
+            "head": self.model.head,
+            "file": self.model.file_record(),
+        }
+        if previous and not self.settings.force:
+            before = previous.get("model") or {}
+            if previous.get("signature") != signature:
+                raise OutputError(
+                    f"{self.ml_dir} holds results of other settings ({previous.get('signature')}); this run "
+                    f"uses {signature}. Write to another tree (--output / output=), or redo them "
+                    "(--force / force=True)."
+                )
+            if (before.get("name"), before.get("version")) != (model["name"], model["version"]):
+                raise OutputError(
+                    f"{self.ml_dir} holds results of model {before.get('name')} ({before.get('version')}); "
+                    f"this run uses {model['name']} ({model['version']}). Write to another tree "
+                    "(--output / output=), or redo them (--force / force=True)."
+                )
+            before_sha = (before.get("file") or {}).get("sha256")
+            now_sha = (model["file"] or {}).get("sha256")
+            # Same name and version can still be another file (a re-trained model written to the same path,
+            # a different foundation behind the default name): results of two models never share a tree.
+            if before_sha and now_sha and before_sha != now_sha:
+                raise OutputError(
+                    f"{self.ml_dir} holds results of model file sha256 {before_sha[:12]}…; this run's model "
+                    f"file {model['file']['path']} has sha256 {now_sha[:12]}…. Write to another tree "
+                    "(--output / output=), or redo them (--force / force=True)."
+                )
         self.provenance = {
             "snb_ml_version": __version__,
             "defect": self.defect.name,
             "charge": charge,
             "input_directory": self.input_label,
             "signature": signature,
-            "model": {
-                "name": self.model.name,
-                "version": self.model.version,
-                "charge_aware": self.model.charge_aware,
-                "head": self.model.head,
-                "file": self.model.file_record(),
-            },
+            "model": model,
             "settings": self.settings.as_dict(),
-            "distortions": {} if self.settings.force else previous.get("distortions", {}),
+            "distortions": {} if self.settings.force else dict(previous.get("distortions", {})),
         }
+        # Written now, so an ML defect folder with results always says what it is (see the output guard).
+        self._write_provenance()
+        return previous.get("charge") if previous else None
 
     def _copy_metadata(self) -> None:
         for source, target in (
             (self.defect.directory / METADATA_FILE, self.ml_dir / METADATA_FILE),
             (self.defect.directory.parent / METADATA_FILE, self.ml_dir.parent / METADATA_FILE),
         ):
-            if source.is_file():
-                write_text(target, source.read_text())
+            if read_metadata(source) is not None:  # UTF-8 JSON, checked before it is copied
+                write_text(target, source.read_text(encoding="utf-8"))
 
     def _reference_distance(self) -> float | None:
         try:
@@ -364,30 +457,19 @@ class _DefectRun:
         except (SnbMlError, OSError):
             return None
 
-    def _existing(self, folder: str) -> DistortionRecord | None:
-        stored = self.provenance["distortions"].get(folder)
-        if not stored or self.settings.force or stored.get("status") not in FINAL_STATUSES:
-            return None
-        output = self.ml_dir / (stored.get("output_folder") or folder)
-        if not (output / "CONTCAR").is_file():
-            return None
-        return DistortionRecord(**stored, skipped=True)
-
-    def _classify_high_energy(self, folder: str, result: RelaxResult) -> None:
-        reference = self.report.unperturbed_energy
-        # Only finished relaxations are judged; an unconverged one is continued on the next run.
-        if folder == "Unperturbed" or reference is None or result.status != CONVERGED:
-            return
-        excess = result.energy - reference
-        if excess > self.settings.relax.high_energy_threshold:
-            result.status = HIGH_ENERGY
-            result.message = (
-                f"{excess:.2f} eV above Unperturbed (> {self.settings.relax.high_energy_threshold} eV)"
-            )
+    def _judge_all(self) -> None:
+        """Judge every result against this run's Unperturbed energy; rename folders that changed status."""
+        threshold = self.settings.relax.high_energy_threshold
+        changed = judge_all(self.ml_dir, self.report.records, self.report.unperturbed_energy, threshold)
+        for folder, record in self.report.records.items():
+            if record.status != ERROR:
+                self.provenance["distortions"][folder] = record.to_json()
+        self._write_provenance()
+        if changed:
+            print(f"{self.defect.name}: judged again against this run's Unperturbed energy: {changed}.")
 
     def _write_outputs(self, folder: str, source: Path, result: RelaxResult, charge: int) -> DistortionRecord:
-        marked = result.status in (HIGH_ENERGY, EXPLODED) and folder != "Unperturbed"
-        output_folder = folder + HIGH_ENERGY_SUFFIX if marked else folder
+        output_folder = output_name(folder, result.status)
         output = self.ml_dir / output_folder
         output.mkdir(parents=True, exist_ok=True)
         # Only structures are copied: INCAR/KPOINTS would make the ML tree look submittable to DFT.
@@ -398,7 +480,7 @@ class _DefectRun:
         _write_structure(result.atoms, output / "CONTCAR")
         info = {"defect": self.defect.name, "distortion": folder, "charge": charge, "model": self.model.name}
         _write_trajectory(result.frames, output / TRAJECTORY_FILE, info)
-        if marked and (self.ml_dir / folder).is_dir():
+        if output_folder != folder and (self.ml_dir / folder).is_dir():
             # A plain folder from an earlier attempt would make ShakeNBreak read this run as valid; it is
             # kept inside the marked folder (ShakeNBreak does not look there), not deleted.
             attempt = 1
@@ -419,15 +501,18 @@ class _DefectRun:
         return record
 
     def _save(self, record: DistortionRecord) -> None:
+        record.input_sha256 = self._sources.get(record.folder)
+        record.charge = self.report.charge
         self.provenance["distortions"][record.folder] = record.to_json()
-        energies = {
-            folder: data["energy"]
-            for folder, data in self.provenance["distortions"].items()
-            if data["status"] in (CONVERGED, UNCONVERGED) and data.get("energy") is not None
-        }
+        self._write_provenance()
+
+    def _write_provenance(self) -> None:
+        energies = energies_of(self.provenance["distortions"])
         if energies:
             write_energies_yaml(self.ml_dir, self.defect.name, energies)
-        write_text(self.ml_dir / PROVENANCE_FILE, json.dumps(self.provenance, indent=2, default=str))
+        # Strict JSON: settings are validated finite and records store NaN as null.
+        text = json.dumps(self.provenance, indent=2, default=str, allow_nan=False)
+        write_text(self.ml_dir / PROVENANCE_FILE, text)
 
 
 def default_ml_tree(top: Path) -> Path:
@@ -468,15 +553,16 @@ def run_tree(
             "written by snb-generate."
         )
     ml_top = Path(output).resolve() if output else default_ml_tree(top)
-    if ml_top == top.resolve() or any(ml_top == d.directory.resolve() for d in selected):
-        raise OutputError(
-            f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder "
-            "(--output / output=)."
-        )
+    identity = input_tree_identity(top, input_label)
+    check_output_location(ml_top, top, selected, identity, settings.force)
+    read_metadata(top / METADATA_FILE)  # one clear error for the whole tree, not one per defect
     from snb_ml.batch.tree import choose_engine, relax_runs_batched
 
     choose_engine(settings, None, 0)  # reject impossible engine settings before anything is written
     model = model or load_model(settings)
+    # On failure each defect says why it cannot write (read-only, full, a file in the way).
+    with contextlib.suppress(OSError):
+        write_tree_marker(ml_top, top, identity)
     warn_charge_blind = [True]
     runs: list[_DefectRun] = []
     for defect in selected:
@@ -509,4 +595,5 @@ def run_tree(
         defects=[run.report for run in runs],
         model={"name": model.name, "version": model.version, "charge_aware": model.charge_aware},
         seconds=time.perf_counter() - start,
+        peak_memory=peak_resident(),
     )

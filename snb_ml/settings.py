@@ -45,6 +45,20 @@ class RunSettings:
     engine: str = "auto"
     batch_size: int | None = None
 
+    def __post_init__(self) -> None:
+        import json
+
+        from snb_ml.errors import InputError
+
+        # Recorded in the provenance file, which must stay strict JSON (no NaN/Infinity).
+        try:
+            json.dumps(self.calculator_options, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"Calculator options {self.calculator_options!r} must be plain JSON values with finite "
+                f"numbers ({exc}); e.g. --calc-kwargs '{{\"rc\": 6.0}}'."
+            ) from exc
+
     def signature(self) -> dict[str, Any]:
         """The settings that make results comparable; a rerun with other values refuses to mix them."""
         return {

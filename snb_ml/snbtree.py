@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from snb_ml.atomic import atomic_path
+from snb_ml.atomic import atomic_path, write_text
 from snb_ml.errors import InputError, OutputError
 
 DISTORTION_MARKERS = ("Bond_Distortion", "Rattled", "Unperturbed", "Dimer")
@@ -15,6 +16,7 @@ HIGH_ENERGY_SUFFIX = "_High_Energy"
 METADATA_FILE = "distortion_metadata.json"
 PROVENANCE_FILE = "snb_ml_provenance.json"
 TRAJECTORY_FILE = "snb_ml_trajectory.extxyz"
+TREE_MARKER = "snb_ml_tree.json"  # at the top of an ML tree: which input tree it was written from
 DEFAULT_ML_TREE = "ml_tree"  # must not end in a digit: SnB_run.sh -a treats those as defect folders
 
 # Structure inputs ShakeNBreak writes per distortion folder, by code, with their ASE formats.
@@ -75,7 +77,32 @@ def dft_outputs(folder: Path, include_contcar: bool = False) -> list[str]:
 
 def is_distortion_dir(path: Path) -> bool:
     """True for a ShakeNBreak distortion folder (``Bond_Distortion_*``, ``Unperturbed``, ...)."""
-    return path.is_dir() and any(marker in path.name for marker in DISTORTION_MARKERS)
+    return any(marker in path.name for marker in DISTORTION_MARKERS) and path.is_dir()
+
+
+def read_metadata(path: Path) -> dict | None:
+    """Read a ShakeNBreak ``distortion_metadata.json``; ``None`` if absent.
+
+    Raises:
+        InputError: If the file is not UTF-8 JSON holding an object.
+    """
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position {exc.start}); ShakeNBreak "
+            "writes it as UTF-8 JSON. Regenerate it with snb-generate, or re-save it as UTF-8."
+        ) from exc
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}). Regenerate it with snb-generate.") from exc
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path} holds {type(data).__name__}, not a JSON object. Regenerate it with snb-generate."
+        )
+    return data
 
 
 def is_defect_dir(path: Path) -> bool:
@@ -170,12 +197,11 @@ def parse_charge(defect: DefectInput) -> int:
     charge = split_charge(defect.name)[1]
     if charge is not None:
         return charge
-    metadata_file = defect.directory / METADATA_FILE
-    if metadata_file.is_file():
+    metadata = read_metadata(defect.directory / METADATA_FILE)
+    if metadata is not None:
         try:
-            metadata = json.loads(metadata_file.read_text())
             charges = {q for entry in metadata.get("defects", {}).values() for q in entry.get("charges", {})}
-        except (ValueError, AttributeError):
+        except (TypeError, AttributeError):
             charges = set()
         if len(charges) == 1:
             return int(next(iter(charges)))
@@ -184,6 +210,19 @@ def parse_charge(defect: DefectInput) -> int:
         "charge (like v_Cd_-1 or Te_i_C3v_+2) and its distortion_metadata.json lists no single charge. "
         "Rename the folder or pass the charge (--charge / charge=)."
     )
+
+
+def input_structure_file(folder: Path) -> Path | None:
+    """The starting-structure file of one distortion folder (the one :func:`read_input_structure` reads)."""
+    return next((folder / name for name, _ in STRUCTURE_INPUTS if (folder / name).is_file()), None)
+
+
+def input_structure_hash(folder: Path) -> str | None:
+    """sha256 of the starting-structure file of a distortion folder; ``None`` if it has none."""
+    import hashlib
+
+    path = input_structure_file(folder)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
 
 
 def read_input_structure(folder: Path):
@@ -267,3 +306,118 @@ def check_ml_defect_dir(ml_defect_dir: Path, defect: str) -> None:
                 f"{child} holds DFT output files; the ML tree must be separate from the DFT tree. "
                 "Choose another ML tree (--output / output=)."
             )
+
+
+def _holds_structure(folder: Path) -> bool:
+    return any((folder / name).is_file() for name, _ in STRUCTURE_INPUTS)
+
+
+def _is_structure_defect_dir(path: Path) -> bool:
+    """A defect folder of a ShakeNBreak input tree or an ML tree: distortion folders with structures."""
+    try:
+        return path.is_dir() and any(
+            is_distortion_dir(child) and _holds_structure(child) for child in path.iterdir()
+        )
+    except OSError:  # unreadable: not ours to judge
+        return False
+
+
+def _is_ml_defect_dir(path: Path) -> bool:
+    return (path / PROVENANCE_FILE).is_file()
+
+
+def input_tree_identity(top: Path, label: str | None) -> str:
+    """What the tree marker records as the input of an ML tree: a label, or the input tree's path."""
+    return label or str(Path(top).resolve())
+
+
+def _written_from(ml_top: Path) -> tuple[str | None, str | None]:
+    """The input tree an existing ML tree was written from (identity, relative path), if it says."""
+    marker = load_json(ml_top / TREE_MARKER, f"delete it if {ml_top} is an ML tree of this input tree.")
+    if marker is not None:
+        return marker.get("input_tree"), marker.get("input_tree_relative")
+    # Trees written before the marker existed: each defect's provenance names its input folder.
+    for child in sorted(ml_top.iterdir()):
+        if not (child / PROVENANCE_FILE).is_file():
+            continue
+        provenance = load_json(child / PROVENANCE_FILE, "move it away and rerun to redo this defect.") or {}
+        source = provenance.get("input_directory")
+        if source:
+            return (str(Path(source).parent) if os.path.isabs(source) else source), None
+    return None, None
+
+
+def check_output_location(
+    ml_top: Path, top: Path, defects: list[DefectInput], identity: str, force: bool = False
+) -> None:
+    """Refuse an ML tree location where writing would overwrite or mix up another tree.
+
+    Refused: the input tree or one of its defect folders; anything at or inside a distortion folder or a
+    defect folder (of any ShakeNBreak or ML tree); an existing ShakeNBreak input tree; and, unless
+    ``force``, an existing ML tree written from another input tree. A new folder directly inside the
+    input tree (the default ``<top>/ml_tree``) is fine.
+
+    Args:
+        ml_top: The ML tree folder (resolved).
+        top: The input tree's top-level folder.
+        defects: The defects of this run.
+        identity: This run's input identity (:func:`input_tree_identity`).
+        force: Accept an ML tree written from another input tree (its results are redone).
+
+    Raises:
+        OutputError: With both trees named and what to pass instead.
+    """
+    fix = "Pass --output (output=) a new folder, e.g. the default <input tree>/ml_tree."
+    top = Path(top).resolve()
+    if ml_top == top or any(ml_top == d.directory.resolve() for d in defects):
+        raise OutputError(
+            f"The ML tree {ml_top} would be the DFT tree itself; choose a separate folder "
+            "(--output / output=)."
+        )
+    for folder in (ml_top, *ml_top.parents):
+        if not folder.exists():
+            continue
+        if is_distortion_dir(folder) and _holds_structure(folder):
+            raise OutputError(
+                f"The ML tree {ml_top} would be inside the distortion folder {folder}; DFT and ShakeNBreak "
+                f"folders are never written to. {fix}"
+            )
+        if _is_structure_defect_dir(folder):
+            raise OutputError(
+                f"The ML tree {ml_top} would be inside the defect folder {folder}; DFT and ShakeNBreak "
+                f"folders are never written to. {fix}"
+            )
+    if not ml_top.is_dir():
+        return
+    if not (ml_top / TREE_MARKER).is_file():
+        inputs = [
+            c for c in sorted(ml_top.iterdir()) if _is_structure_defect_dir(c) and not _is_ml_defect_dir(c)
+        ]
+        if inputs:
+            raise OutputError(
+                f"{ml_top} is a ShakeNBreak input tree (e.g. {inputs[0].name} holds distortion folders and "
+                f"no snb_ml results); writing the ML tree of {top} there would overwrite its files. {fix}"
+            )
+    source, relative = _written_from(ml_top)
+    if source is None or force or source == identity:
+        return
+    if relative is not None and (ml_top / relative).resolve() == top:  # both trees moved together
+        return
+    raise OutputError(
+        f"{ml_top} is the ML tree of another input tree ({source}); this run's input is {identity}. Results "
+        f"of two trees are never mixed in one ML tree. {fix} If {source} was moved to {identity}, delete "
+        f"{ml_top / TREE_MARKER} (results whose starting structures still match are reused), or pass "
+        "--force (force=True) to redo every result of this run in it."
+    )
+
+
+def write_tree_marker(ml_top: Path, top: Path, identity: str) -> None:
+    """Record at the top of the ML tree which input tree it is written from."""
+    from snb_ml import __version__
+
+    data = {
+        "snb_ml_version": __version__,
+        "input_tree": identity,
+        "input_tree_relative": os.path.relpath(Path(top).resolve(), ml_top),
+    }
+    write_text(ml_top / TREE_MARKER, json.dumps(data, indent=2) + "\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from tabulate import tabulate
 
 from snb_ml.runner import RunReport
@@ -11,9 +13,6 @@ def summary_rows(report: RunReport) -> list[list]:
     """One row per distortion: defect, distortion, ΔE vs Unperturbed, status, steps, seconds."""
     rows = []
     for defect in report.defects:
-        if defect.error:
-            rows.append([defect.name, "-", "", "error", "", "", defect.error[:80]])
-            continue
         reference = defect.unperturbed_energy
         for folder, record in defect.records.items():
             delta = ""
@@ -23,6 +22,8 @@ def summary_rows(report: RunReport) -> list[list]:
             note = record.message[:80] if record.status != "converged" else ""
             seconds = "-" if record.skipped else f"{record.seconds:.1f}"  # no time spent this run
             rows.append([defect.name, folder, delta, status, record.steps, seconds, note])
+        if defect.error:  # after the rows of what it did finish (e.g. a disk that filled up halfway)
+            rows.append([defect.name, "-", "", "error", "", "", defect.error[:80]])
     return rows
 
 
@@ -43,6 +44,8 @@ def format_summary(report: RunReport) -> str:
     if report.engine == "batched" and relaxed:
         # A batch member's own seconds overlap the others'; the wall time shared out is the cost.
         timing = f"{report.seconds / len(relaxed):.1f} s of wall time per relaxation (batched engine)"
+    memory = f", peak memory {report.peak_memory / 1e9:.1f} GB resident" if report.peak_memory else ""
+    quoted = shlex.quote(str(report.ml_tree))  # pasted into a shell: paths with spaces stay one word
     lines = [
         table,
         "",
@@ -50,8 +53,7 @@ def format_summary(report: RunReport) -> str:
         f"{len(relaxed)} relaxed this run, {sum(r.skipped for r in records)} reused, "
         f"{converged}/{len(records)} converged, "
         f"{sum(d.failed for d in report.defects)} defect(s) with errors; "
-        f"{timing}, {report.seconds:.0f} s in total.",
-        f"ML tree: {report.ml_tree}  (read it with: snb-analyse -p {report.ml_tree}, "
-        f"snb-plot -p {report.ml_tree})",
+        f"{timing}, {report.seconds:.0f} s in total{memory}.",
+        f"ML tree: {report.ml_tree}  (read it with: snb-analyse -p {quoted}, snb-plot -p {quoted})",
     ]
     return "\n".join(lines)

@@ -198,7 +198,9 @@ def test_unconverged_and_high_energy_excluded_and_reported(tmp_path):
     top = write_h_tree(tmp_path / "H_tree", starts=("Unperturbed", "Bond_Distortion_30.0%", "Rattled"))
     run_tree(top, emt(high_energy_threshold=0.5))  # the tetrahedral minimum (+1 eV) is high_energy
     write_h_tree(top, starts=("Bond_Distortion_-30.0%",))
-    run_tree(top, emt(steps=2))  # only the new distortion runs, and stops unconverged
+    # only the new distortion runs, and stops unconverged; _High_Energy is judged on every run, with
+    # this run's threshold
+    run_tree(top, emt(steps=2, high_energy_threshold=0.5))
     ml = top / "ml_tree" / "H_i_Cu_0"
     selection = select_defect(ml)
     assert selection.excluded["Rattled"].startswith("high_energy")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from snb_ml.batch import memory
 from snb_ml.batch.evaluators import BatchEvaluator, is_out_of_memory
 from snb_ml.batch.fire import FireState
 from snb_ml.errors import InputError, SnbMlError
@@ -24,6 +25,15 @@ from snb_ml.relax import RelaxationTracker, RelaxResult, RelaxSettings
 # Atoms per model call on CPU: bench/bench_batched.py shows throughput flat beyond ~1,000 atoms on
 # 2 cores, and larger batches only delay the first results.
 CPU_ATOMS_PER_BATCH = 1024
+# Resident size the default CPU batch keeps the process under: CHGNet needs 5-9 MB per atom of dense
+# 216-atom MgO in one call (bench/bench_memory.py), so 1024 atoms reached 5-9 GB. The first call
+# holds one structure; every call's peak is measured, and the next batch fills what is left of this
+# (never less than one structure, whatever that costs).
+CPU_MEMORY_LIMIT = 2.0e9
+# Freed memory is handed back to the system once the process holds this fraction of the limit.
+RELEASE_FRACTION = 0.75
+# Per-atom cost assumed where the peak of a call cannot be measured (not Linux).
+CPU_BYTES_PER_ATOM = 5.0e6
 # On a GPU the budget is set from the memory the first batch used; this is where it starts.
 GPU_START_ATOMS = 4096
 GPU_MEMORY_FRACTION = 0.6
@@ -73,14 +83,20 @@ class _Budget:
         self.max_structures = max_structures or 10**9
         on_gpu = str(evaluator.device).startswith("cuda")
         self.measure_gpu = on_gpu and max_atoms is None
+        # The default CPU budget is bounded by memory too: one structure first, measured.
+        self.measure_cpu = not on_gpu and max_atoms is None and max_structures is None
+        self.release = not on_gpu and max_atoms is None  # give freed memory back after each call
         if max_atoms is not None:
             self.atoms = max_atoms
         elif max_structures is not None:
             self.atoms = 10**9
         else:
-            self.atoms = GPU_START_ATOMS if on_gpu else CPU_ATOMS_PER_BATCH
+            self.atoms = GPU_START_ATOMS if on_gpu else 1
         self.device = evaluator.device
         self.baseline = 0
+        self.cpu_start: int | None = None
+        self.bytes_per_atom: float | None = None  # largest resident cost per atom of a CPU call
+        self.ceiling = CPU_ATOMS_PER_BATCH
         if self.measure_gpu:
             import torch
 
@@ -98,10 +114,35 @@ class _Budget:
     def shrink(self, members: list[_Member]) -> int:
         """Halve the batch after an out-of-memory error; return how many members must leave."""
         keep = max(1, len(members) // 2)
-        self.atoms = max(1, sum(len(m.atoms) for m in members[:keep]))
+        self.atoms = self.ceiling = max(1, sum(len(m.atoms) for m in members[:keep]))
         self.max_structures = keep
         self.measure_gpu = False
         return len(members) - keep
+
+    def before_call(self) -> None:
+        """Start measuring the peak resident memory of this CPU call."""
+        if self.measure_cpu:
+            self.cpu_start = memory.start_peak_measurement()
+
+    def after_call(self, members: list[_Member]) -> None:
+        """Size the next batch from the memory this call took; hand freed memory back on CPU.
+
+        The cost per atom is the largest seen so far: it differs between structures of one defect
+        (an unrattled Unperturbed cell has more bonds within CHGNet's 3 Å than the rattled starts).
+        """
+        self.calibrate(members)
+        # Handing memory back costs ~13 % of a 4 x 216-atom CdTe call (pages fault in again), so only
+        # when the heap kept from earlier calls nears the limit.
+        if self.release and (memory.resident() or 0) > RELEASE_FRACTION * CPU_MEMORY_LIMIT:
+            memory.release_free_memory()
+        if not self.measure_cpu:
+            return
+        atoms = sum(len(m.atoms) for m in members)
+        peak = memory.peak_since_start()
+        measured = (peak - self.cpu_start) / atoms if peak and self.cpu_start else CPU_BYTES_PER_ATOM
+        self.bytes_per_atom = max(self.bytes_per_atom or 1.0, measured)
+        room = CPU_MEMORY_LIMIT - (memory.resident() or 0)
+        self.atoms = int(min(self.ceiling, max(1, room / self.bytes_per_atom)))
 
     def calibrate(self, members: list[_Member]) -> None:
         """After the first GPU call: fill a fraction of the device memory, measured per atom."""
@@ -171,12 +212,13 @@ def relax_batched(
         while queue and budget.admits(members, _atoms_of(queue[0])):
             waiting = queue.popleft()
             members.append(waiting if isinstance(waiting, _Member) else _Member(waiting, settings))
+        budget.before_call()
         try:
             energies, forces = evaluator.evaluate([m.atoms for m in members])
             answers: list[tuple[float, np.ndarray] | Exception] = [
                 (float(e), f) for e, f in zip(energies, forces, strict=True)
             ]
-            budget.calibrate(members)
+            budget.after_call(members)
         except SnbMlError:
             raise
         except Exception as exc:

@@ -45,7 +45,7 @@ def _read_file(path: Path) -> tuple[list, OutcarInfo]:
     if path.name.startswith("vasprun"):
         return read_vasprun(path)
     info = scan_outcar(path)
-    return read_outcar_frames(path), info
+    return read_outcar_frames(path, info.complete_steps), info
 
 
 def harvest_calculation(calculation: Calculation) -> Harvested:
@@ -72,7 +72,7 @@ def harvest_calculation(calculation: Calculation) -> Harvested:
             continue
         if not info.complete:
             result.messages.append(
-                f"{path}: incomplete run (no closing timing block); "
+                f"{path}: incomplete run (no closing timing block, or cut inside an ionic step); "
                 f"kept its {len(frames)} complete ionic step(s)"
             )
         charge = charge_from_electrons(info, incar, path)

@@ -110,6 +110,7 @@ class OutcarInfo:
     tags: dict[str, str] = field(default_factory=dict)
     unconverged_steps: set[int] = field(default_factory=set)
     complete: bool = False
+    complete_steps: int | None = None
 
     @property
     def neutral_electrons(self) -> float | None:
@@ -119,6 +120,8 @@ class OutcarInfo:
         return sum(z * n for z, n in zip(self.zvals, self.ions_per_type, strict=True))
 
 
+# The energy line closing an ionic step, whole: a file cut inside it would give a truncated number.
+_STEP_ENERGY = re.compile(r"^\s*energy\s+without entropy=\s*\S+\s+energy\(sigma->0\)\s*=\s*[-+.\dEe]+\s*\n$")
 _HEADER_TAGS = re.compile(r"^\s+(GGA|LHFCALC|METAGGA|NELM)\s*=\s*([^\s;]+)")
 _ITERATION = re.compile(r"Iteration\s+(\d+)\(\s*(\d+)\)")
 
@@ -129,11 +132,17 @@ def scan_outcar(path: Path) -> OutcarInfo:
     An ionic step counts as electronically unconverged when it ran ``NELM`` electronic iterations without
     VASP's ``aborting loop because EDIFF is reached`` line, or VASP 6 wrote ``EDIFF was not reached``.
 
+    An ionic step counts as complete (``complete_steps``) only with its whole block: the forces table up
+    to its ``total drift`` line, the ``FREE ENERGIE OF THE ION-ELECTRON SYSTEM`` energy lines, and the
+    step's closing ``LOOP+`` timing line. A file cut anywhere inside a step (a killed job, a full disk)
+    loses that step rather than giving a truncated energy.
+
     Raises:
         UnreadableFile: If the file cannot be decompressed or read.
     """
-    info = OutcarInfo()
+    info = OutcarInfo(complete_steps=0)
     ionic, iterations, converged = 0, 0, False
+    forces = in_forces = final_energy = energy = False
 
     def close_step() -> None:
         if ionic and not converged and info.nelm is not None and iterations >= info.nelm:
@@ -151,6 +160,17 @@ def scan_outcar(path: Path) -> OutcarInfo:
                             ionic, converged = step, False
                         iterations = int(match.group(2))
                         continue
+                if "TOTAL-FORCE" in line:
+                    in_forces = True
+                elif in_forces and "total drift" in line:
+                    forces, in_forces = True, False
+                elif "FREE ENERGIE OF THE ION-ELECTRON SYSTEM" in line:
+                    final_energy = True
+                elif final_energy and "energy(sigma->0)" in line:
+                    energy, final_energy = bool(_STEP_ENERGY.match(line)), False
+                elif "LOOP+" in line:
+                    info.complete_steps += forces and energy and line.endswith("\n")
+                    forces = in_forces = final_energy = energy = False
                 if "aborting loop" in line:
                     if "EDIFF was not reached" in line or "unconverged" in line:
                         info.unconverged_steps.add(ionic - 1)
@@ -181,16 +201,23 @@ def _scan_header_line(line: str, info: OutcarInfo) -> None:
             info.tags[match.group(1)] = match.group(2).rstrip(";,")
 
 
-def read_outcar_frames(path: Path) -> list:
+def read_outcar_frames(path: Path, complete_steps: int | None = None) -> list:
     """Every complete ionic step of an OUTCAR as ASE Atoms with a single-point calculator.
+
+    Args:
+        path: The OUTCAR (plain or gzipped).
+        complete_steps: Steps :func:`scan_outcar` found complete; later ones are dropped (ASE also
+            reads a step whose energy line is cut short). ``None``: scan the file here.
 
     Raises:
         UnreadableFile: If ASE cannot parse it or it holds no complete ionic step.
     """
     from ase.io import read
 
+    if complete_steps is None:
+        complete_steps = scan_outcar(path).complete_steps
     try:
-        frames = read(str(path), index=":", format="vasp-out")
+        frames = read(str(path), index=":", format="vasp-out")[:complete_steps]
     except Exception as exc:
         raise UnreadableFile(f"{path}: {type(exc).__name__}: {exc}") from exc
     if not frames:

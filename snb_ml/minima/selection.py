@@ -469,6 +469,10 @@ def _fmax_note(provenance: dict[str, Any]) -> list[str]:
 
 def write_selection(selection: DefectSelection) -> tuple[Path, Path]:
     """Atomically write ``snb_ml_selection.json`` and ``snb_ml_selection.png`` into the defect folder."""
+    from snb_ml.atomic import remove_stale_temporaries
+
+    # A killed select leaves its temporary files behind (only its own: a run may be writing here).
+    remove_stale_temporaries(selection.directory, names=(SELECTION_FILE, SELECTION_PLOT))
     json_path = selection.directory / SELECTION_FILE
     write_text(json_path, json.dumps(selection.to_json(), indent=2) + "\n")
     plot_path = selection.directory / SELECTION_PLOT

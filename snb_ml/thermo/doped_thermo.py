@@ -15,8 +15,11 @@ the annealing T and quenched charge-state populations those at the quenched T.
 
 Terms are per defect entry name (``"v_Cl_+1"``) or per defect name without charge (``"v_Cl"``, all
 charge states), each ``{term name: term}`` with a term being a float (constant, eV), a callable
-``f(T) -> eV`` or a tabulated ``(T array, value array)`` pair (linearly interpolated, constant beyond
-the ends). In JSON, callables are stored tabulated on ``t_grid`` (default 100-2000 K every 25 K).
+``f(T) -> eV`` or a tabulated ``(T array, value array)`` pair (linearly interpolated). A tabulated term
+asked for outside its temperature range raises :class:`~snb_ml.errors.InputError` unless the object
+was made with ``extrapolate=True`` (then the end values are held); a term that is not finite (NaN,
+inf) raises, naming the defect and the term. In JSON, callables are stored tabulated on ``t_grid``
+(default 100-2000 K every 25 K).
 """
 
 from __future__ import annotations
@@ -41,20 +44,43 @@ DEFAULT_T_GRID = np.arange(100.0, 2000.0 + 1e-9, 25.0)
 Term = float | Callable[[float], float] | tuple[Any, Any]
 
 
-def _evaluate(term: Any, temperature: float, where: str) -> float:
-    """Value (eV) of one term at ``temperature``."""
+def _evaluate(term: Any, temperature: float, where: str, extrapolate: bool = False) -> float:
+    """Value (eV) of one term at ``temperature``.
+
+    Raises:
+        InputError: If the value is not finite, or ``temperature`` is outside a tabulated term's range
+            and ``extrapolate`` is off.
+    """
     if callable(term):
-        return float(term(temperature))
-    if isinstance(term, int | float | np.floating | np.integer):
-        return float(term)
-    temps, values = (np.asarray(x, dtype=float) for x in term)
-    return float(np.interp(temperature, temps, values))
+        value = float(term(temperature))
+    elif isinstance(term, int | float | np.floating | np.integer):
+        value = float(term)
+    else:
+        temps, values = (np.asarray(x, dtype=float) for x in term)
+        if not extrapolate and not temps[0] <= temperature <= temps[-1]:
+            raise InputError(
+                f"{where} is tabulated for {temps[0]:g}-{temps[-1]:g} K only, but is needed at "
+                f"{temperature:g} K. Tabulate it over the temperatures you use (e.g. `snb-ml free-energy "
+                "--tmax`), or pass extrapolate=True to FiniteTemperatureThermodynamics to hold its end "
+                "values."
+            )
+        value = float(np.interp(temperature, temps, values))
+    if not np.isfinite(value):
+        raise InputError(
+            f"{where} is {value} eV at {temperature:g} K; a free-energy term must be a finite number "
+            "(a NaN would make every concentration NaN). Check how the term was computed."
+        )
+    return value
 
 
 def _check_term(term: Any, where: str) -> Any:
     """Validate a term and return it in stored form (float, callable or (T, value) arrays)."""
-    if callable(term) or isinstance(term, int | float | np.floating | np.integer):
-        return term if callable(term) else float(term)
+    if callable(term):
+        return term
+    if isinstance(term, int | float | np.floating | np.integer):
+        if not np.isfinite(term):
+            raise InputError(f"{where} is {float(term)} eV; a free-energy term must be a finite number.")
+        return float(term)
     try:
         temps, values = (np.asarray(x, dtype=float).ravel() for x in term)
     except (TypeError, ValueError) as exc:
@@ -64,6 +90,12 @@ def _check_term(term: Any, where: str) -> Any:
     if temps.size < 1 or temps.shape != values.shape or np.any(np.diff(temps) <= 0):
         raise InputError(
             f"{where}: tabulated term needs equal-length arrays with strictly increasing temperatures."
+        )
+    bad = ~(np.isfinite(values) & np.isfinite(temps))
+    if bad.any():
+        raise InputError(
+            f"{where} is not finite at {temps[bad][:5].tolist()} K ({values[bad][:5].tolist()}); a "
+            "free-energy term must be finite everywhere it is tabulated (imaginary modes give NaN ΔF_vib)."
         )
     return (temps, values)
 
@@ -81,6 +113,7 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
         terms: Mapping[str, Mapping[str, Term]] | None = None,
         disabled_terms: Iterable[str] = (),
         t_grid: Iterable[float] | None = None,
+        extrapolate: bool = False,
         **kwargs: Any,
     ) -> None:
         """Create from doped ``DefectThermodynamics`` arguments plus terms.
@@ -90,17 +123,21 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
             terms: ``{defect or entry name: {term name: term}}`` (see module docstring).
             disabled_terms: Term names switched off.
             t_grid: Temperatures (K) used to tabulate callables in :meth:`as_dict`.
+            extrapolate: Hold the end values of tabulated terms outside their temperature range
+                (default: refuse, naming the defect, the term and the range).
             **kwargs: Passed to ``DefectThermodynamics``.
         """
         super().__init__(*args, **kwargs)
-        self._init_terms(terms, disabled_terms, t_grid)
+        self._init_terms(terms, disabled_terms, t_grid, extrapolate)
 
     def _init_terms(
         self,
         terms: Mapping[str, Mapping[str, Term]] | None,
         disabled_terms: Iterable[str],
         t_grid: Iterable[float] | None,
+        extrapolate: bool = False,
     ) -> None:
+        self.extrapolate = bool(extrapolate)
         self._ft_terms: dict[str, dict[str, Any]] = {}
         self.disabled_terms: set[str] = set(disabled_terms)
         self.t_grid = np.asarray(DEFAULT_T_GRID if t_grid is None else list(t_grid), dtype=float)
@@ -116,6 +153,7 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
         terms: Mapping[str, Mapping[str, Term]] | None = None,
         disabled_terms: Iterable[str] = (),
         t_grid: Iterable[float] | None = None,
+        extrapolate: bool = False,
     ) -> FiniteTemperatureThermodynamics:
         """Deep-copy a doped ``DefectThermodynamics`` into this class (the original is not changed).
 
@@ -124,6 +162,7 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
             terms: ``{defect or entry name: {term name: term}}``.
             disabled_terms: Term names switched off.
             t_grid: Temperatures (K) used to tabulate callables for JSON.
+            extrapolate: Hold the end values of tabulated terms outside their range (default: refuse).
 
         Returns:
             The new object.
@@ -134,7 +173,7 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
             )
         new = copy.deepcopy(thermodynamics)
         new.__class__ = cls
-        new._init_terms(terms, disabled_terms, t_grid)
+        new._init_terms(terms, disabled_terms, t_grid, extrapolate)
         return new
 
     # ----- terms -----
@@ -191,7 +230,8 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
                 for term_name, term in group.items():
                     if term_name not in self.disabled_terms:
                         where = f"term {term_name!r} of {key!r}"
-                        values[term_name] = values.get(term_name, 0.0) + _evaluate(term, t, where)
+                        value = _evaluate(term, t, where, self.extrapolate)
+                        values[term_name] = values.get(term_name, 0.0) + value
         return values
 
     def free_energy_correction(self, entry_name: str, temperature: float) -> float:
@@ -349,6 +389,7 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
         }
         d["disabled_terms"] = sorted(self.disabled_terms)
         d["t_grid"] = self.t_grid.tolist()
+        d["extrapolate"] = self.extrapolate
         return d
 
     @classmethod
@@ -360,8 +401,11 @@ class FiniteTemperatureThermodynamics(DefectThermodynamics):
             for name, group in (d.pop("terms", None) or {}).items()
         }
         disabled, t_grid = d.pop("disabled_terms", []), d.pop("t_grid", None)
+        extrapolate = bool(d.pop("extrapolate", False))
         base = DefectThermodynamics.from_dict(d)
-        return cls.from_thermodynamics(base, terms=terms, disabled_terms=disabled, t_grid=t_grid)
+        return cls.from_thermodynamics(
+            base, terms=terms, disabled_terms=disabled, t_grid=t_grid, extrapolate=extrapolate
+        )
 
 
 def _column_for(term_name: str) -> str:

@@ -28,8 +28,8 @@ from snb_ml.thermo.entropy import (
 def vibrational_term_from_json(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Tabulated ΔF_vib(T) (eV) from the JSON written by ``snb-ml free-energy``.
 
-    Temperatures at or below 0 K are dropped (the drop-in evaluates terms only at T > 0, and the
-    interpolation holds the lowest tabulated value below the table).
+    Temperatures at or below 0 K are dropped (the drop-in evaluates terms only at T > 0). The drop-in
+    refuses temperatures outside the table unless it was made with ``extrapolate=True``.
 
     Args:
         path: The ``snb-ml free-energy`` output file.

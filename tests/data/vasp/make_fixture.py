@@ -1,7 +1,8 @@
 """Rebuild the trimmed OUTCAR fixtures from the doped MgO example (../shared/data/MgO_Mg_O, MIT licence).
 
-Keeps the OUTCAR header and the first ionic steps, dropping only the per-step eigenvalue listings
-(``spin component`` blocks), which nothing here reads. Run from the repository root:
+Keeps the OUTCAR header and the first ionic steps (each up to its closing ``LOOP+`` line), dropping
+only the per-step eigenvalue listings (``spin component`` blocks), which nothing here reads. Run from
+the repository root:
 ``python tests/data/vasp/make_fixture.py ../shared/data/MgO_Mg_O``.
 """
 
@@ -34,8 +35,8 @@ def trim(source: Path, target: Path, steps: int) -> None:
             kept.append(line)
             if "energy(sigma->0)" in line and "energy  without entropy" in line:
                 done += 1
-                if done == steps:
-                    break
+            if done == steps and "LOOP+" in line:  # the step's closing line: the step is complete
+                break
         # The closing timing block marks a finished run; keep it so the fixture reads as complete.
         in_trailer = False
         for line in stream:

@@ -1,0 +1,244 @@
+"""Per-distortion records of an ML tree: when one may be reused, and its ``_High_Energy`` judgement.
+
+Both are functions of the records and inputs of *this* run, never of history: a result is reused only
+when its starting structure (sha256 of the input file) and charge are those of this run (the model and
+settings are checked per defect, from the provenance signature), and the ``_High_Energy`` status is
+judged again on every run against the current Unperturbed energy, with the folder renamed to match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from snb_ml.relax import CONVERGED, EXPLODED, HIGH_ENERGY, UNCONVERGED
+from snb_ml.snbtree import HIGH_ENERGY_SUFFIX
+
+FINAL_STATUSES = (CONVERGED, HIGH_ENERGY, EXPLODED)
+ERROR = "error"
+PREVIOUS_FOLDER = "snb_ml_previous"  # results of distortions no longer in the input tree
+
+
+@dataclass
+class DistortionRecord:
+    """Outcome of one distortion, as stored in the provenance file and shown in the summary.
+
+    ``input_sha256`` and ``charge`` say which starting structure and charge the result belongs to;
+    records written before they existed have ``None``.
+    """
+
+    folder: str
+    status: str
+    energy: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    max_force: float | None = None
+    message: str = ""
+    output_folder: str | None = None
+    input_sha256: str | None = None
+    charge: int | None = None
+    skipped: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], **changes: Any) -> DistortionRecord:
+        """Rebuild a stored record (keys this version does not know are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, **changes})
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for the provenance file: ``skipped`` is per run, not stored; NaN/inf become null."""
+        data = dict(self.__dict__)
+        data.pop("skipped")
+        for key, value in data.items():  # strict JSON: an exploded run's force may be NaN
+            if isinstance(value, float) and not math.isfinite(value):
+                data[key] = None
+        return data
+
+
+def reuse_problem(
+    stored: dict[str, Any], source_hash: str | None, charge: int, legacy_charge: int | None, ml_dir: Path
+) -> str | None:
+    """Why a stored record does not belong to this run's input, or ``None`` when it does.
+
+    Args:
+        stored: The record from the provenance file.
+        source_hash: sha256 of this run's starting-structure file (``None``: no file).
+        charge: This run's charge of the defect.
+        legacy_charge: The defect charge of the provenance file, for records that do not store theirs.
+        ml_dir: The defect's ML tree folder (its POSCAR copies check records without a hash).
+    """
+    recorded_charge = stored.get("charge", legacy_charge)
+    if recorded_charge is not None and recorded_charge != charge:
+        return f"the charge changed since the last run ({_signed(recorded_charge)} -> {_signed(charge)})"
+    recorded = stored.get("input_sha256")
+    if recorded is None:
+        # Written before hashes were stored: the POSCAR copied into the ML tree is the starting structure.
+        copy = ml_dir / (stored.get("output_folder") or stored["folder"]) / "POSCAR"
+        recorded = _sha256(copy) if copy.is_file() else None
+        if recorded is None:
+            return "their starting structures were not recorded (older snb_ml)"
+    if recorded != source_hash:
+        return "starting structures changed since the last run"
+    return None
+
+
+def _signed(charge: int) -> str:
+    return f"{charge:+d}" if charge else "0"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def output_of(ml_dir: Path, record: DistortionRecord) -> Path | None:
+    """The record's output folder (plain or ``_High_Energy``; a rename may not be recorded yet)."""
+    for name in (record.output_folder or record.folder, record.folder, record.folder + HIGH_ENERGY_SUFFIX):
+        if (ml_dir / name / "CONTCAR").is_file():
+            return ml_dir / name
+    return None
+
+
+def judge_high_energy(
+    folder: str, status: str, energy: float | None, reference: float | None, threshold: float
+) -> tuple[str, str]:
+    """Status and message of a finished relaxation judged against the Unperturbed energy.
+
+    A converged distortion ending more than ``threshold`` eV above ``reference`` is ``high_energy``
+    (ShakeNBreak's ``_High_Energy``); without a reference nothing is. Unconverged runs (continued on
+    the next run), exploded ones and Unperturbed are not judged.
+
+    Returns:
+        ``(status, message)``; the message is empty for a plain converged result.
+    """
+    if folder == "Unperturbed" or status not in (CONVERGED, HIGH_ENERGY):
+        return status, ""
+    if reference is None or energy is None or energy - reference <= threshold:
+        return CONVERGED, ""
+    return HIGH_ENERGY, f"{energy - reference:.2f} eV above Unperturbed (> {threshold} eV)"
+
+
+def output_name(folder: str, status: str) -> str:
+    """Folder name of a result: ``X_High_Energy`` for high-energy and exploded runs (ShakeNBreak's rule)."""
+    return (
+        folder + HIGH_ENERGY_SUFFIX
+        if status in (HIGH_ENERGY, EXPLODED) and folder != "Unperturbed"
+        else folder
+    )
+
+
+def move_output(ml_dir: Path, current: str, target: str) -> None:
+    """Rename a result folder atomically; a folder already at ``target`` is kept inside it.
+
+    An earlier attempt must not stay where ShakeNBreak reads it, nor be deleted: it goes into the
+    moved folder as ``previous_attempt_N`` (ShakeNBreak does not look there).
+    """
+    source, destination = ml_dir / current, ml_dir / target
+    if destination.exists():
+        attempt = 1
+        while (source / f"previous_attempt_{attempt}").exists():
+            attempt += 1
+        os.replace(destination, source / f"previous_attempt_{attempt}")
+    os.replace(source, destination)
+
+
+def judge_all(
+    ml_dir: Path, records: dict[str, DistortionRecord], reference: float | None, threshold: float
+) -> str:
+    """Judge every result again (:func:`judge_high_energy`) and rename its folder to match.
+
+    Args:
+        ml_dir: The defect's ML tree folder.
+        records: This run's records by distortion folder (updated in place).
+        reference: This run's Unperturbed energy (``None``: nothing is high energy).
+        threshold: eV above the reference that makes a result ``high_energy``.
+
+    Returns:
+        The changes, e.g. ``"Dimer high energy, Rattled converged"`` (empty if none).
+    """
+    changed = []
+    for folder, record in records.items():
+        if record.status == ERROR:
+            continue
+        status, message = judge_high_energy(folder, record.status, record.energy, reference, threshold)
+        if status != record.status:
+            changed.append(f"{folder} {status.replace('_', ' ')}")
+            record.status, record.message = status, message
+        output, target = output_of(ml_dir, record), output_name(folder, record.status)
+        if output is not None and output.name != target:
+            move_output(ml_dir, output.name, target)
+        if output is not None:
+            record.output_folder = target
+    return ", ".join(changed)
+
+
+def energies_of(records: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Energies for ``{defect}.yaml``: converged and unconverged runs (not ``_High_Energy`` ones)."""
+    return {
+        folder: data["energy"]
+        for folder, data in records.items()
+        if data["status"] in (CONVERGED, UNCONVERGED) and data.get("energy") is not None
+    }
+
+
+def set_aside(ml_dir: Path, stale: dict[str, dict[str, Any]]) -> Path:
+    """Move the output folders of ``stale`` records into ``ml_dir/snb_ml_previous`` (kept, unread)."""
+    aside = ml_dir / PREVIOUS_FOLDER
+    for data in stale.values():
+        output = output_of(ml_dir, DistortionRecord.from_json(data))
+        if output is not None:
+            aside.mkdir(exist_ok=True)
+            attempt = 1
+            while (aside / f"{output.name}_{attempt}").exists():
+                attempt += 1
+            os.replace(output, aside / f"{output.name}_{attempt}")
+    return aside
+
+
+def write_failure_message(
+    ml_dir: Path, error: OSError, folders: list[str], stored: dict[str, dict[str, Any]]
+) -> str:
+    """One message for a defect whose results could not be written (disk full, quota, I/O error).
+
+    Args:
+        ml_dir: The defect's ML tree folder.
+        error: The error, naming the file (``snb_ml.atomic`` adds the target's name).
+        folders: The defect's distortion folders.
+        stored: The provenance records written so far (their folders estimate one result's size).
+    """
+    finished = [
+        output
+        for data in stored.values()
+        if data.get("status") != ERROR
+        and (output := output_of(ml_dir, DistortionRecord.from_json(data))) is not None
+    ]
+    unfinished = max(0, len(folders) - len(finished))
+    where = error.filename or ml_dir
+    reason = error.strerror or str(error)
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(f"{_size(shutil.disk_usage(ml_dir).free)} free there")
+    sizes = [sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) for folder in finished]
+    if sizes and unfinished:
+        parts.append(f"the {unfinished} unfinished distortion(s) need about {_size(unfinished * max(sizes))}")
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    return (
+        f"Cannot write {where}: {reason}{detail}. {len(finished)} distortion(s) already written are kept and "
+        "reused: free some space (or pass --output another disk) and rerun."
+    )
+
+
+def _size(count: float) -> str:
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("kB", "MB", "GB"):
+        count /= 1000
+        if count < 1000 or unit == "GB":
+            break
+    return f"{count:.1f} {unit}"
