@@ -87,9 +87,7 @@ def select(ml_tree, defect, threshold, window, neighbours, policy, noise, dft_tr
             policy=policy,
             noise=ENERGY_NOISE if noise is None else noise,
         )
-        click.echo(selection.table())
-        for warning in (w for s in selection.defects.values() for w in s.warnings):
-            click.echo(f"Warning: {warning}", err=True)
+        click.echo(selection.table())  # holds each defect's reasons and warnings
         if dft_tree and selection.defects:
             defects = selection.defects.items()
             record = prepare_dft_tree(

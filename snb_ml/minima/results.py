@@ -147,7 +147,8 @@ class DefectSelection:
                 "would be lost; use --policy protect"
             )
         else:
-            consequence = f"{len(self.original_starts)} original start(s) are added for DFT to explore"
+            explored = sum(extra.kind == "exploration" for extra in self.extras)
+            consequence = f"{explored} original start(s) are added for DFT to explore"
         return [
             f"{self.defect}: the model saw no reconstruction: all {len(self.labels)} ML minima lie in "
             f"Unperturbed's basin. Foundation models miss many real reconstructions; {consequence}."

@@ -34,19 +34,34 @@ STARTS_FOLDER = "starts"
 ML_FOLDER = "ml_tree"
 
 
+def _no_defect_message(root: Path, errors: dict[str, str]) -> str:
+    if len(errors) == 1:
+        return next(iter(errors.values()))
+    listed = "; ".join(f"{name}: {message}" for name, message in errors.items())
+    return f"No defect of {root} could be benchmarked ({listed})"
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
-    """Copy the starts (and metadata) of one defect into the benchmark folder; refuse stale ML results."""
+def stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
+    """Copy the starts (and metadata) of one defect into the benchmark folder; refuse stale ML results.
+
+    Where no ``distortion_metadata.json`` lists the defect, its site is found from the starts
+    (:func:`snb_ml.recall.site.site_from_starts`) and written as the copy's metadata.
+
+    Raises:
+        InputError: The site cannot be found.
+        OutputError: The benchmark's ML tree holds relaxations of other starts.
+    """
     import json
 
     from snb_ml.atomic import write_text
     from snb_ml.minima.fingerprints import load_defect_metadata
     from snb_ml.minima.trust import bond_distortion
     from snb_ml.recall.site import site_from_starts
-    from snb_ml.snbtree import METADATA_FILE, read_input_structure
+    from snb_ml.snbtree import METADATA_FILE, read_input_structure, split_charge
 
     target = starts_top / defect.name
     for name, start in defect.starts.items():
@@ -82,7 +97,7 @@ def _stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
         charge = str(defect.charge if defect.charge is not None else 0)
         metadata = {
             "defects": {
-                defect.name.rsplit("_", 1)[0] if defect.charge is not None else defect.name: {
+                split_charge(defect.name)[0]: {
                     "unique_site": list(defect.site),
                     "charges": {charge: {"distorted_atoms": [[i, symbols[i]] for i in moved]}},
                 }
@@ -144,7 +159,8 @@ def benchmark_search(
         benchmarked are in ``errors``; the others finish.
 
     Raises:
-        InputError: Bad arguments, not a ShakeNBreak tree, or no DFT results in it.
+        InputError: Bad arguments, not a ShakeNBreak tree, no DFT results in it, or no defect that
+            can be benchmarked (then no report is written).
         OutputError: ``output`` inside the DFT tree.
     """
     from snb_ml.runner import load_model, run_tree
@@ -167,19 +183,18 @@ def benchmark_search(
     staged: list[DftDefect] = []
     for defect in search.defects.values():
         try:
-            _stage_defect(defect, starts_top, ml_top)
+            stage_defect(defect, starts_top, ml_top)
             staged.append(defect)
         except SnbMlError as exc:
             errors[defect.name] = str(exc)
+    if not staged:
+        raise InputError(_no_defect_message(root, errors))
     loaded = time.perf_counter()
     model = model or load_model(settings)
     model_seconds = time.perf_counter() - loaded
-    run_seconds = 0.0
-    reports: dict[str, Any] = {}
-    if staged:
-        report = run_tree(starts_top, settings, [d.name for d in staged], output=ml_top, model=model)
-        run_seconds = report.seconds
-        reports = {d.name: d for d in report.defects}
+    report = run_tree(starts_top, settings, [d.name for d in staged], output=ml_top, model=model)
+    run_seconds = report.seconds
+    reports: dict[str, Any] = {d.name: d for d in report.defects}
     from snb_ml.recall.compare import compare_defect
 
     results: dict[str, DefectRecall] = {}
@@ -194,6 +209,8 @@ def benchmark_search(
             )
         except SnbMlError as exc:
             errors[defect.name] = str(exc)
+    if not results:
+        raise InputError(_no_defect_message(root, errors))
     total = time.perf_counter() - started
     result = RecallResult(
         dft_tree=search.root,
