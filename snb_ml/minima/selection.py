@@ -60,9 +60,9 @@ from snb_ml.minima.results import (
     SelectedCluster,
     TreeSelection,
 )
-from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, assess_minima, exploration_starts
+from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, assess_minima, bond_distortion, exploration_starts
 from snb_ml.relax import CONVERGED, UNCONVERGED
-from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, distortion_key, load_json
+from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, load_json
 
 DEFAULT_THRESHOLD = 1.5e-2
 CALIBRATION_FMAX = 0.01
@@ -73,8 +73,8 @@ SELECTION_PLOT = "snb_ml_selection.png"
 def _order_key(folder: str) -> tuple:
     if folder == "Unperturbed":
         return (0, 0.0, folder)
-    key = distortion_key(folder)
-    return (1, key, folder) if isinstance(key, float) else (2, 0.0, folder)
+    key = bond_distortion(folder)
+    return (1, key, folder) if key is not None else (2, 0.0, folder)
 
 
 def _load_provenance(directory: Path) -> dict[str, Any]:

@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from snb_ml.snbtree import distortion_key
-
 LARGE_DISTORTION = 0.3  # |bond distortion| from which a start counts as a distinct motif
 ENERGY_NOISE = 0.1  # eV: an ML energy spread below this cannot rank basins
 MOTIF_FAMILIES = ("Dimer", "Rattled")
@@ -97,11 +95,17 @@ class TrustReport:
 
 
 def bond_distortion(folder: str) -> float | None:
-    """The bond distortion of a plain ``Bond_Distortion_x%`` folder (-0.3 for -30 %), else ``None``."""
-    if not folder.startswith("Bond_Distortion"):
+    """The bond distortion of a plain ``Bond_Distortion_x%`` folder (-0.3 for -30 %), else ``None``.
+
+    ShakeNBreak's own rule (``shakenbreak.analysis._format_distortion_names``), without importing
+    ShakeNBreak's analysis module, whose import (doped, pymatgen defects) takes seconds.
+    """
+    if not (folder.startswith("Bond_Distortion") and folder.endswith("%")):
         return None
-    key = distortion_key(folder)
-    return key if isinstance(key, float) else None
+    try:
+        return float(folder.split("Bond_Distortion_")[-1].split("%")[0]) / 100
+    except ValueError:
+        return None
 
 
 def motif_family(folder: str) -> str | None:

@@ -27,10 +27,10 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
+from snb_ml.minima.trust import bond_distortion
 from snb_ml.snbtree import (
     HIGH_ENERGY_SUFFIX,
     STRUCTURE_INPUTS,
-    distortion_key,
     is_distortion_dir,
     locate_defects,
     read_input_structure,
@@ -165,13 +165,13 @@ def _yaml_folder(key: object) -> str:
 
 
 def _read_yaml(defect_dir: Path) -> dict[str, float] | None:
-    from monty.serialization import loadfn
+    import yaml
 
     path = defect_dir / f"{defect_dir.name}.yaml"
     if not path.is_file():
         return None
     try:
-        document = loadfn(str(path))
+        document = yaml.safe_load(path.read_text())
         entries = dict(document.get("distortions") or {})
         if "Unperturbed" in document:
             entries["Unperturbed"] = document["Unperturbed"]
@@ -281,8 +281,8 @@ def read_dft_defect(defect_dir: Path) -> DftDefect:
 
 
 def _sort_key(name: str) -> tuple:
-    key = distortion_key(name)
-    return (0, key, name) if isinstance(key, float) else (1, 0.0, name)
+    key = bond_distortion(name)
+    return (0, key, name) if key is not None else (1, 0.0, name)
 
 
 def _check_structures(defect: DftDefect) -> None:
