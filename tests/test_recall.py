@@ -213,3 +213,47 @@ def test_recall_cli_bad_input_is_one_error(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "Bond_Distortion_-30.0%" in errors[0] and "same order" in errors[0]
     assert not (tmp_path / "bench").exists()
+
+
+def test_a_representative_reaches_only_where_its_ml_minimum_leads(tmp_path):
+    """The DFT start of the ML representative reached the ground state, but from the ML minimum DFT would not.
+
+    V_Cu in Cu (EMT as the model). The "DFT" search is built from EMT relaxations, except that the
+    result of -20 % (the representative: lowest EMT energy) is made another basin, 0.5 eV lower.
+    """
+    import warnings
+
+    from ase.geometry import find_mic
+    from ase.io import read, write
+    from conftest import DATA
+
+    from snb_ml.runner import run_tree
+    from snb_ml.snbtree import write_energies_yaml
+
+    emt = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False)
+    search = tmp_path / "search"
+    shutil.copytree(DATA / "Cu_tree" / "v_Cu_0", search / "v_Cu_0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = run_tree(search, emt, output=tmp_path / "emt")
+    energies = {f: r.energy for f, r in report.defects[0].records.items()}
+    for folder in energies:
+        atoms = read(tmp_path / "emt" / "v_Cu_0" / folder / "CONTCAR", format="vasp")
+        if folder == "Bond_Distortion_-20.0%":
+            site = atoms.cell.cartesian_positions([0.0, 0.0, 0.0])
+            to_site = find_mic(site - atoms.positions, atoms.cell)[0]
+            shell = np.linalg.norm(to_site, axis=1) < 3.0
+            atoms.positions[shell] += 0.2 * to_site[shell]  # the 12 neighbours 20 % closer: another basin
+            energies[folder] = min(energies.values()) - 0.5
+        write(search / "v_Cu_0" / folder / "CONTCAR", atoms, format="vasp", sort=False)
+    write_energies_yaml(search / "v_Cu_0", "v_Cu_0", energies)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lean = benchmark_search(search, tmp_path / "bench", emt, policy="lean")
+    vcu = lean.defects["v_Cu_0"]
+    starts = {s.folder: s for s in vcu.starts}
+    assert vcu.dft_runs == ["Unperturbed", "Bond_Distortion_-20.0%"]
+    assert vcu.ground_state_starts == ["Bond_Distortion_-20.0%"]
+    assert starts["Bond_Distortion_-20.0%"].ml_in_dft_basin is False
+    assert vcu.found_from_starts and not vcu.ground_state_found  # the paper's count would say "found"
+    assert starts["Bond_Distortion_-20.0%"].expected_energy == pytest.approx(0.5, abs=0.05)

@@ -74,7 +74,9 @@ def compare_defect(
     Returns:
         The defect's benchmark.
     """
-    selection = select_defect(ml_dir, threshold, policy=policy, noise=noise, allow_incomplete=True)
+    selection = select_defect(
+        ml_dir, threshold, policy=policy, noise=noise, allow_incomplete=True, write=False
+    )
     records = (load_json(ml_dir / PROVENANCE_FILE, "rerun the benchmark.") or {}).get("distortions", {})
     unperturbed = defect.starts["Unperturbed"].read_start()
     site = identify_defect_site(ml_dir, unperturbed)
