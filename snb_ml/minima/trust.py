@@ -114,7 +114,7 @@ def motif_family(folder: str) -> str | None:
 
 
 def is_motif_start(folder: str) -> bool:
-    """True for starts that began in a distinct motif: Dimer, Rattled, |bond distortion| >= 30 %."""
+    """True for starts that began in a distinct motif: Dimer, Rattled, a bond distortion of 30 % or more."""
     value = bond_distortion(folder)
     if value is not None:
         return abs(value) >= LARGE_DISTORTION - 1e-9
