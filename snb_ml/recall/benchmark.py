@@ -64,6 +64,13 @@ def stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
     from snb_ml.snbtree import METADATA_FILE, read_input_structure, split_charge
 
     target = starts_top / defect.name
+    stale = sorted(p.name for p in target.glob("*") if p.is_dir() and p.name not in defect.starts)
+    if stale:
+        raise OutputError(
+            f"{target} holds starts that {defect.directory} no longer has ({', '.join(stale)}); their ML "
+            "relaxations would be counted. Use another --output folder for this search, or move the old "
+            "one away."
+        )
     for name, start in defect.starts.items():
         ml_start = ml_top / defect.name / name / "POSCAR"
         if ml_start.is_file() and not _same_start(read_input_structure(ml_start.parent), start.read_start()):
