@@ -113,3 +113,7 @@ from snb_ml.cli_train import evaluate, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate)
+
+from snb_ml.cli_recall import recall  # noqa: E402
+
+main.add_command(recall)

@@ -43,6 +43,21 @@ def _fail(exc: Exception) -> None:
 )
 @click.option("--neighbours", is_flag=True, help="Also fingerprint the distorted neighbour shell.")
 @click.option(
+    "--policy",
+    type=click.Choice(["protect", "lean"]),
+    default="protect",
+    show_default=True,
+    help="protect: distinct basins, plus a small exploration set of original starts when the model's "
+    "minima cannot be trusted (one basin, motifs collapsed, flat energies), plus Unperturbed. "
+    "lean: distinct basins only.",
+)
+@click.option(
+    "--noise",
+    type=float,
+    default=None,
+    help="ML energy spread (eV) below which the model cannot rank its minima [0.1].",
+)
+@click.option(
     "--dft-tree",
     type=click.Path(file_okay=False),
     default=None,
@@ -50,7 +65,7 @@ def _fail(exc: Exception) -> None:
     "are moved aside (reversible with --undo).",
 )
 @click.option("--undo", is_flag=True, help="Undo the DFT hand-off in --dft-tree (byte-identical restore).")
-def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> None:
+def select(ml_tree, defect, threshold, window, neighbours, policy, noise, dft_tree, undo) -> None:
     """Group ML minima by defect-site SOAP and pick one representative per distinct basin for DFT."""
     from snb_ml.handoff import prepare_dft_tree, undo_handoff
 
@@ -66,6 +81,7 @@ def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> No
             )
             return
         from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
+        from snb_ml.minima.trust import ENERGY_NOISE
 
         selection = select_tree(
             ml_tree,
@@ -73,11 +89,19 @@ def select(ml_tree, defect, threshold, window, neighbours, dft_tree, undo) -> No
             threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
             window=window,
             include_neighbours=neighbours,
+            policy=policy,
+            noise=ENERGY_NOISE if noise is None else noise,
         )
-        click.echo(selection.table())
+        click.echo(selection.table())  # holds each defect's reasons and warnings
         if dft_tree and selection.defects:
-            chosen = {name: s.selected for name, s in selection.defects.items()}
-            record = prepare_dft_tree(Path(dft_tree), Path(ml_tree), chosen)
+            defects = selection.defects.items()
+            record = prepare_dft_tree(
+                Path(dft_tree),
+                Path(ml_tree),
+                {name: s.representatives for name, s in defects},
+                original={name: s.original_starts for name, s in defects},
+                reasons={name: s.reasons for name, s in defects},
+            )
             click.echo("\nDFT hand-off:\n" + record.summary())
             click.echo(
                 f"Submit with plain `snb-run` in {shlex.quote(dft_tree)}; "

@@ -11,6 +11,9 @@ Policies:
 
 - ``Unperturbed`` is ShakeNBreak's energy reference, so it is always kept in place: replaced by its
   ML-relaxed structure when selected, left untouched otherwise.
+- Folders passed as ``original`` (the exploration starts of the ``protect`` selection policy, whose
+  ML minima are exactly what is not trusted) are kept in place untouched, so DFT starts from the
+  structure ShakeNBreak generated. ``reasons`` (why each folder is relaxed) are stored in the record.
 - A folder that holds DFT output (``OUTCAR``, ``vasprun.xml``, ``CONTCAR``, ``espresso.out``,
   ``aims.out``, ``*.castep``, ``relax.out``, ...) is never moved or modified: every folder of every
   requested defect is checked first, and a refusal leaves the whole tree untouched.
@@ -65,7 +68,9 @@ class DefectHandoff:
         status: ``prepared``, ``re-prepared`` or ``already prepared``.
         replaced: Distortion folders whose structure file now holds the ML-relaxed structure.
         moved: Distortion folders moved into ``snb_ml_not_selected/``.
-        kept: Folders kept in place although not selected (``Unperturbed``, the energy reference).
+        kept: Folders kept in place with their generated structure: ``Unperturbed`` (the energy
+            reference) when not selected, and the ``original`` starts.
+        reasons: Why each folder is relaxed with DFT, where the caller gave reasons.
     """
 
     defect: str
@@ -74,6 +79,7 @@ class DefectHandoff:
     replaced: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,7 +97,7 @@ class HandoffRecord:
             line = f"{entry.defect}: {entry.status}: {len(entry.replaced)} replaced by ML structures"
             line += f" ({', '.join(entry.replaced)}), {len(entry.moved)} moved to {HOLDING_FOLDER}/"
             if entry.kept:
-                line += f", kept as reference: {', '.join(entry.kept)}"
+                line += f", kept as generated: {', '.join(entry.kept)}"
             lines.append(line)
         return "\n".join(lines)
 
@@ -109,6 +115,7 @@ class _Plan:
     sources: dict[str, Path]  # selected folder -> ML CONTCAR
     fingerprint: dict[str, Any]
     previous: dict[str, Any] | None
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 def sha256_file(path: Path) -> str:
@@ -220,14 +227,9 @@ def _ml_source(ml_dir: Path, provenance: dict[str, Any], folder: str, original) 
     return contcar
 
 
-def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) -> _Plan:
-    directory = _defect_dir(dft_tree, defect)
-    previous = _read_record(directory)
-    folders = _folder_locations(directory, previous)
-    if not chosen:
-        raise InputError(f"No distortion selected for {defect}; select at least one or leave it out.")
-    selected = []
-    for name in chosen:
+def _resolve(names: list[str], folders: dict[str, Path], defect: str, directory: Path) -> list[str]:
+    resolved: list[str] = []
+    for name in names:
         if name not in folders and name.endswith(HIGH_ENERGY_SUFFIX):
             name = name[: -len(HIGH_ENERGY_SUFFIX)]
         if name not in folders:
@@ -235,8 +237,26 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
                 f"Distortion folder '{name}' of {defect} not found in {directory}. "
                 f"Available: {', '.join(sorted(folders))}."
             )
-        if name not in selected:
-            selected.append(name)
+        if name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def _plan_defect(
+    dft_tree: Path,
+    ml_tree: Path,
+    defect: str,
+    chosen: list[str],
+    original: list[str] | None = None,
+    reasons: dict[str, str] | None = None,
+) -> _Plan:
+    directory = _defect_dir(dft_tree, defect)
+    previous = _read_record(directory)
+    folders = _folder_locations(directory, previous)
+    if not chosen:
+        raise InputError(f"No distortion selected for {defect}; select at least one or leave it out.")
+    selected = _resolve(chosen, folders, defect, directory)
+    as_generated = [n for n in _resolve(original or [], folders, defect, directory) if n not in selected]
     ml_dir = ml_tree / defect
     provenance = load_json(ml_dir / PROVENANCE_FILE, "rerun snb-ml run for this defect.", error=InputError)
     if provenance is None:
@@ -260,8 +280,11 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
         original = _read_atoms(original_file, dict(STRUCTURE_INPUTS)[files[name]])
         sources[name] = _ml_source(ml_dir, provenance, name, original)
     kept = [REFERENCE_FOLDER] if REFERENCE_FOLDER in folders and REFERENCE_FOLDER not in selected else []
+    kept += [name for name in as_generated if name not in kept]
     moved = sorted(name for name in folders if name not in selected and name not in kept)
     fingerprint = {"selected": sorted(selected), "sources": {n: sha256_file(p) for n, p in sources.items()}}
+    if as_generated:  # only then, so records written before this option still match
+        fingerprint["kept_as_generated"] = sorted(as_generated)
     already = previous is not None and previous.get("complete") and previous.get("fingerprint") == fingerprint
     if already:
         _check_state(directory, previous)
@@ -277,7 +300,9 @@ def _plan_defect(dft_tree: Path, ml_tree: Path, defect: str, chosen: list[str]) 
                     f"{directory / HOLDING_FOLDER / name} already exists, so {name} cannot be moved there. "
                     "Move it away and run the hand-off again."
                 )
-    return _Plan(defect, directory, selected, moved, kept, files, sources, fingerprint, previous)
+    plan = _Plan(defect, directory, selected, moved, kept, files, sources, fingerprint, previous)
+    plan.reasons = {name: str(reason) for name, reason in (reasons or {}).items()}
+    return plan
 
 
 def _structure_text(folder: str, file_name: str, contcar: Path, original: Path) -> bytes:
@@ -354,6 +379,7 @@ def _apply(plan: _Plan, ml_tree: Path) -> None:
         "holding_folder": HOLDING_FOLDER,
         "fingerprint": plan.fingerprint,
         "kept_unselected": plan.kept,
+        "reasons": plan.reasons,
         "replaced": replaced,
         "moved": [
             {"folder": n, "to": f"{HOLDING_FOLDER}/{n}", "files": _folder_hashes(directory / n)}
@@ -439,10 +465,18 @@ def _undo(directory: Path, record: dict[str, Any]) -> None:
 
 
 def _result(plan: _Plan, status: str) -> DefectHandoff:
-    return DefectHandoff(plan.defect, plan.directory, status, plan.selected, plan.moved, plan.kept)
+    return DefectHandoff(
+        plan.defect, plan.directory, status, plan.selected, plan.moved, plan.kept, dict(plan.reasons)
+    )
 
 
-def prepare_dft_tree(dft_tree: Path, ml_tree: Path, selected: dict[str, list[str]]) -> HandoffRecord:
+def prepare_dft_tree(
+    dft_tree: Path,
+    ml_tree: Path,
+    selected: dict[str, list[str]],
+    original: dict[str, list[str]] | None = None,
+    reasons: dict[str, dict[str, str]] | None = None,
+) -> HandoffRecord:
     """Prepare the DFT tree so that ShakeNBreak's ``snb-run`` submits only the selected distortions.
 
     Every requested defect is checked before anything is changed; a refusal leaves the tree untouched.
@@ -450,8 +484,13 @@ def prepare_dft_tree(dft_tree: Path, ml_tree: Path, selected: dict[str, list[str
     Args:
         dft_tree: Top-level folder written by ``snb-generate`` (or one defect folder of it).
         ml_tree: The ML tree ``snb-ml run`` wrote for this DFT tree.
-        selected: Defect folder name -> distortion folder names to run with DFT (the ML
-            representatives). ``Unperturbed`` is always kept, selected or not.
+        selected: Defect folder name -> distortion folder names to run with DFT from their ML
+            minimum (the ML representatives). ``Unperturbed`` is always kept, selected or not.
+        original: Defect folder name -> distortion folders to run with DFT from the structure
+            ShakeNBreak generated (kept in place untouched), e.g. the exploration starts of
+            :attr:`~snb_ml.minima.DefectSelection.original_starts`.
+        reasons: Defect folder name -> {folder: why it is relaxed with DFT}, stored in
+            ``snb_ml_handoff.json``.
 
     Returns:
         What was done per defect (``prepared``, ``re-prepared`` or ``already prepared``).
@@ -467,7 +506,11 @@ def prepare_dft_tree(dft_tree: Path, ml_tree: Path, selected: dict[str, list[str
         )
     if not selected:
         raise InputError("No defects selected for the DFT hand-off.")
-    plans = [_plan_defect(dft_tree, ml_tree, defect, list(chosen)) for defect, chosen in selected.items()]
+    original, reasons = original or {}, reasons or {}
+    plans = [
+        _plan_defect(dft_tree, ml_tree, defect, list(chosen), original.get(defect), reasons.get(defect))
+        for defect, chosen in selected.items()
+    ]
     results = []
     for plan in plans:
         status = "prepared"

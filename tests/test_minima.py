@@ -109,7 +109,7 @@ def provenance(defect_dir):
 
 def test_two_basins_separated_and_higher_one_kept(h_copy):
     ml = h_copy / "ml_tree" / "H_i_Cu_0"
-    selection = select_defect(ml)
+    selection = select_defect(ml, policy="lean")
     assert len(selection.clusters) == 2
     oct_cluster, tet_cluster = selection.clusters
     assert set(oct_cluster.members) == {"Unperturbed", "Bond_Distortion_-30.0%", "Bond_Distortion_30.0%"}
@@ -125,7 +125,7 @@ def test_two_basins_separated_and_higher_one_kept(h_copy):
 
 def test_same_minimum_from_different_distortions_merges(cu_ml):
     ml = cu_ml / "ml_tree" / "v_Cu_0"
-    selection = select_defect(ml)
+    selection = select_defect(ml, policy="lean")
     assert len(selection.clusters) == 1
     assert len(selection.clusters[0].members) == 6
     assert selection.headline() == "DFT relaxations needed: 1 of 6 (83% saved)"
@@ -134,14 +134,14 @@ def test_same_minimum_from_different_distortions_merges(cu_ml):
 def test_representative_is_lowest_energy(cu_ml, h_copy):
     for ml in (cu_ml / "ml_tree" / "v_Cu_0", h_copy / "ml_tree" / "H_i_Cu_0"):
         records = provenance(ml)
-        for cluster in select_defect(ml, write=False).clusters:
+        for cluster in select_defect(ml, policy="lean", write=False).clusters:
             energies = {m: records[m]["energy"] for m in cluster.members}
             assert cluster.representative == min(energies, key=energies.get)
             assert cluster.members[0] == cluster.representative
 
 
 def test_tree_totals_and_outputs(cu_ml):
-    tree = select_tree(cu_ml / "ml_tree", write=True)
+    tree = select_tree(cu_ml / "ml_tree", write=True, policy="lean")
     assert not tree.failed and set(tree.defects) == {"v_Cu_0", "v_Cu_-1"}
     assert tree.headline() == "DFT relaxations needed: 2 of 8 (75% saved)"
     assert tree.headline() in tree.table()
@@ -156,9 +156,9 @@ def test_tree_totals_and_outputs(cu_ml):
 
 def test_json_is_deterministic(h_copy):
     ml = h_copy / "ml_tree" / "H_i_Cu_0"
-    select_defect(ml, window=5.0)
+    select_defect(ml, policy="lean", window=5.0)
     first = (ml / SELECTION_FILE).read_bytes()
-    select_defect(ml, window=5.0)
+    select_defect(ml, policy="lean", window=5.0)
     assert (ml / SELECTION_FILE).read_bytes() == first
     document = json.loads(first)
     assert document["clusters"][0]["representative"] == document["selected"][0]
@@ -183,7 +183,7 @@ def test_cluster_order_is_independent_of_input_order():
 
 def test_window_reports_what_it_excluded(h_copy):
     ml = h_copy / "ml_tree" / "H_i_Cu_0"
-    selection = select_defect(ml, window=0.3)
+    selection = select_defect(ml, policy="lean", window=0.3)
     assert selection.selected == [selection.clusters[0].representative]
     assert [c.members for c in selection.window_excluded] == [["Rattled"]]
     assert "energy window" in selection.excluded["Rattled"]
@@ -202,7 +202,7 @@ def test_unconverged_and_high_energy_excluded_and_reported(tmp_path):
     # this run's threshold
     run_tree(top, emt(steps=2, high_energy_threshold=0.5))
     ml = top / "ml_tree" / "H_i_Cu_0"
-    selection = select_defect(ml)
+    selection = select_defect(ml, policy="lean")
     assert selection.excluded["Rattled"].startswith("high_energy")
     assert selection.excluded["Bond_Distortion_-30.0%"].startswith("unconverged")
     assert selection.labels == ["Unperturbed", "Bond_Distortion_30.0%"]
@@ -215,8 +215,8 @@ def test_incomplete_results_name_the_distortions(h_copy):
     ml = h_copy / "ml_tree" / "H_i_Cu_0"
     (ml / "Bond_Distortion_30.0%" / "CONTCAR").unlink()
     with pytest.raises(InputError, match=r"no ML result for Bond_Distortion_-60\.0%, Bond_Distortion_30\.0%"):
-        select_defect(ml)
-    selection = select_defect(ml, allow_incomplete=True)
+        select_defect(ml, policy="lean")
+    selection = select_defect(ml, policy="lean", allow_incomplete=True)
     assert selection.excluded["Bond_Distortion_-60.0%"].startswith("no ML result")
     assert selection.n_distortions == 5
 
@@ -245,7 +245,7 @@ def test_defect_site_not_identifiable(h_copy, tmp_path):
     ml = h_copy / "ml_tree" / "H_i_Cu_0"
     (ml / "distortion_metadata.json").unlink()
     with pytest.raises(InputError, match="Cannot identify the defect site"):
-        select_defect(ml)
+        select_defect(ml, policy="lean")
     bare = tmp_path / "ml" / "H_i_Cu_0"
     bare.mkdir(parents=True)
     shutil.copy(h_copy / "H_i_Cu_0" / "distortion_metadata.json", bare)
@@ -260,7 +260,7 @@ def test_defect_atom_followed_even_with_wrong_index(h_copy):
     (ml / "distortion_metadata.json").write_text(json.dumps(metadata))
     site = identify_defect_site(ml)
     assert site.atom_index == 32 and len(site.shell) == 6
-    selection = select_defect(ml, include_neighbours=True, write=False)
+    selection = select_defect(ml, policy="lean", include_neighbours=True, write=False)
     assert selection.parameters["include_neighbours"] is True
     assert all("Rattled" not in c.members or c.members == ["Rattled"] for c in selection.clusters)
 

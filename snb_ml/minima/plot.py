@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snb_ml.atomic import atomic_path
-from snb_ml.snbtree import distortion_key
+from snb_ml.minima.trust import bond_distortion
 
 if TYPE_CHECKING:
     from snb_ml.minima.selection import DefectSelection
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 def _x_positions(labels: list[str]) -> tuple[dict[str, float], dict[float, str]]:
     numeric = {}
     for folder in labels:
-        key = 0.0 if folder == "Unperturbed" else distortion_key(folder)
-        if isinstance(key, float):
+        key = 0.0 if folder == "Unperturbed" else bond_distortion(folder)
+        if key is not None:
             numeric[folder] = 100.0 * key
     others = [f for f in labels if f not in numeric]
     values = list(numeric.values()) or [0.0]

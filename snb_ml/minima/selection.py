@@ -38,7 +38,6 @@ The threshold is calibrated for the site fingerprint, not for ``include_neighbou
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,15 @@ from snb_ml.minima.fingerprints import (
     identify_defect_site,
     read_unperturbed,
 )
+from snb_ml.minima.results import (
+    DefectSelection,
+    ExtraStart,
+    SelectedCluster,
+    TreeSelection,
+)
+from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, assess_minima, bond_distortion, exploration_starts
 from snb_ml.relax import CONVERGED, UNCONVERGED
-from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, distortion_key, load_json
+from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, load_json
 
 DEFAULT_THRESHOLD = 1.5e-2
 CALIBRATION_FMAX = 0.01
@@ -64,198 +70,11 @@ SELECTION_FILE = "snb_ml_selection.json"
 SELECTION_PLOT = "snb_ml_selection.png"
 
 
-@dataclass
-class SelectedCluster:
-    """One structural basin of a defect and its representative.
-
-    Attributes:
-        id: 0 for the basin of the lowest ML minimum, then by increasing ML energy.
-        members: Distortion folders that relaxed into this basin, lowest energy first.
-        representative: The lowest-energy member, to relax with DFT.
-        energy: ML energy of the representative (eV).
-        energy_vs_unperturbed: ``energy`` minus the ML energy of Unperturbed (``None`` if unknown).
-        distance_to_unperturbed: Cosine distance of the representative to the relaxed Unperturbed.
-        in_window: False when the energy window left this basin out.
-    """
-
-    id: int
-    members: list[str]
-    representative: str
-    energy: float
-    energy_vs_unperturbed: float | None
-    distance_to_unperturbed: float
-    in_window: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        """The cluster's entry in the selection file."""
-        return {
-            "id": self.id,
-            "members": list(self.members),
-            "representative": self.representative,
-            "energy_vs_unperturbed": _round(self.energy_vs_unperturbed),
-            "distance_to_unperturbed": _sig(self.distance_to_unperturbed),
-            "in_window": self.in_window,
-        }
-
-
-@dataclass
-class DefectSelection:
-    """The selection for one defect (in one charge state).
-
-    Attributes:
-        defect: Defect folder name in the ML tree.
-        directory: That folder.
-        threshold: Cosine-distance threshold used.
-        window: Energy window in eV above the lowest ML minimum (``None``: no window).
-        parameters: SOAP and clustering parameters.
-        clusters: The basins, by id.
-        excluded: Runs (or window-excluded representatives) not selected, with the reason.
-        labels: Clustered distortion folders, in ShakeNBreak order (rows of ``distances``).
-        distances: Cosine distance matrix between the clustered minima.
-        n_distortions: Number of distortions of this defect in the ML tree.
-        energies: ML energies of the clustered minima (eV).
-        unperturbed_energy: ML energy of Unperturbed, if known.
-        notes: Warnings about the selection (loose fmax, window exclusions).
-    """
-
-    defect: str
-    directory: Path
-    threshold: float
-    window: float | None
-    parameters: dict[str, Any]
-    clusters: list[SelectedCluster]
-    excluded: dict[str, str]
-    labels: list[str]
-    distances: np.ndarray
-    n_distortions: int
-    energies: dict[str, float]
-    unperturbed_energy: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def selected(self) -> list[str]:
-        """Representatives to relax with DFT, by cluster id."""
-        return [c.representative for c in self.clusters if c.in_window]
-
-    @property
-    def window_excluded(self) -> list[SelectedCluster]:
-        """Structurally distinct basins that the energy window left out."""
-        return [c for c in self.clusters if not c.in_window]
-
-    def headline(self) -> str:
-        """``DFT relaxations needed: k of n (x% saved)``."""
-        return headline(len(self.selected), self.n_distortions)
-
-    def to_json(self) -> dict[str, Any]:
-        """The content of ``snb_ml_selection.json``."""
-        return {
-            "defect": self.defect,
-            "threshold": self.threshold,
-            "window": self.window,
-            "parameters": self.parameters,
-            "clusters": [c.to_json() for c in self.clusters],
-            "selected": self.selected,
-            "excluded": dict(sorted(self.excluded.items())),
-            "distances": {
-                "labels": list(self.labels),
-                "matrix": [[_sig(x) for x in row] for row in self.distances.tolist()],
-            },
-            "n_distortions": self.n_distortions,
-            "headline": self.headline(),
-            "notes": list(self.notes),
-        }
-
-    def table(self) -> str:
-        """Plain-text table of clusters and excluded runs, ending in the headline."""
-        from tabulate import tabulate
-
-        rows = [
-            [
-                c.id,
-                c.representative,
-                _members_cell(c.members),
-                "" if c.energy_vs_unperturbed is None else f"{c.energy_vs_unperturbed:+.3f}",
-                f"{c.distance_to_unperturbed:.1e}",
-                "yes" if c.in_window else "no (energy window)",
-            ]
-            for c in self.clusters
-        ]
-        headers = ["cluster", "representative", "members", "E - E_Unperturbed (eV)", "d(Unperturbed)", "DFT"]
-        lines = [f"{self.defect}:", tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
-        lines += [f"  not selected: {folder}: {reason}" for folder, reason in sorted(self.excluded.items())]
-        lines += [f"  note: {note}" for note in self.notes]
-        lines.append(self.headline())
-        return "\n".join(lines)
-
-
-@dataclass
-class TreeSelection:
-    """Selections for every defect of an ML tree.
-
-    Attributes:
-        ml_tree: The ML tree.
-        defects: Selections by defect folder name.
-        errors: Defects that could not be selected, with the reason.
-    """
-
-    ml_tree: Path
-    defects: dict[str, DefectSelection]
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def needed(self) -> int:
-        """DFT relaxations selected over all defects."""
-        return sum(len(s.selected) for s in self.defects.values())
-
-    @property
-    def total(self) -> int:
-        """Distortions in the ML tree over all selected defects."""
-        return sum(s.n_distortions for s in self.defects.values())
-
-    @property
-    def failed(self) -> bool:
-        """True if any defect could not be selected."""
-        return bool(self.errors)
-
-    def headline(self) -> str:
-        """``DFT relaxations needed: k of n (x% saved)`` for the whole tree."""
-        return headline(self.needed, self.total)
-
-    def table(self) -> str:
-        """Every defect's table, the errors, and the tree's headline."""
-        parts = [selection.table() for selection in self.defects.values()]
-        parts += [f"Error for {name}: {message}" for name, message in self.errors.items()]
-        parts.append(f"Whole tree: {self.headline()}")
-        return "\n\n".join(parts)
-
-
-def _members_cell(members: list[str], width: int = 48) -> str:
-    """Short distortion labels (``Bond_Distortion_-30.0%`` -> ``-30.0%``), wrapped to ``width``."""
-    import textwrap
-
-    short = [m.replace("Bond_Distortion_", "") for m in members]
-    return "\n".join(textwrap.wrap(f"{len(members)}: " + ", ".join(short), width=width))
-
-
-def headline(needed: int, total: int) -> str:
-    """``DFT relaxations needed: k of n (x% saved)``."""
-    saved = 100.0 * (total - needed) / total if total else 0.0
-    return f"DFT relaxations needed: {needed} of {total} ({saved:.0f}% saved)"
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 6)
-
-
-def _sig(value: float) -> float:
-    return float(f"{float(value):.6g}")
-
-
 def _order_key(folder: str) -> tuple:
     if folder == "Unperturbed":
         return (0, 0.0, folder)
-    key = distortion_key(folder)
-    return (1, key, folder) if isinstance(key, float) else (2, 0.0, folder)
+    key = bond_distortion(folder)
+    return (1, key, folder) if key is not None else (2, 0.0, folder)
 
 
 def _load_provenance(directory: Path) -> dict[str, Any]:
@@ -323,6 +142,8 @@ def select_defect(
     linkage: str = "complete",
     allow_incomplete: bool = False,
     write: bool = True,
+    policy: str = "protect",
+    noise: float = ENERGY_NOISE,
 ) -> DefectSelection:
     """Group the ML minima of one defect into structural basins and pick one per basin for DFT.
 
@@ -337,6 +158,11 @@ def select_defect(
         allow_incomplete: Select among finished runs when some distortions have no result yet,
             reporting those as excluded, instead of raising.
         write: Write ``snb_ml_selection.json`` and ``snb_ml_selection.png`` into the folder.
+        policy: ``protect`` (default): the distinct basins, plus, when the minima are not trusted
+            (:func:`~snb_ml.minima.trust.assess_minima`), the exploration set of original starts
+            (:func:`~snb_ml.minima.trust.exploration_starts`), plus Unperturbed (the energy
+            reference the hand-off keeps anyway). ``lean``: the distinct basins only.
+        noise: ML energy spread (eV) below which the model cannot rank its minima.
 
     Returns:
         The selection.
@@ -346,8 +172,10 @@ def select_defect(
             defect site cannot be identified, or no relaxation converged.
     """
     directory = Path(ml_defect_dir).resolve()
-    if threshold < 0 or (window is not None and window < 0):
-        raise InputError(f"threshold and window must be >= 0 (got {threshold}, {window}).")
+    if threshold < 0 or (window is not None and window < 0) or noise < 0:
+        raise InputError(f"threshold, window and noise must be >= 0 (got {threshold}, {window}, {noise}).")
+    if policy not in POLICIES:
+        raise InputError(f"Unknown selection policy '{policy}'; choose one of {', '.join(POLICIES)}.")
     soap = soap or SoapParameters()
     provenance = _load_provenance(directory)
     records: dict[str, dict[str, Any]] = provenance["distortions"]
@@ -414,6 +242,8 @@ def select_defect(
             "distinct basin(s); ML energies of defects are qualitative, so widen the window (or drop it) "
             "to relax them with DFT too."
         )
+    to_reference = {f: cosine_distance(fingerprints[f], reference_fingerprint) for f in candidates}
+    trust = assess_minima([c.members for c in clusters], energies, to_reference, threshold, noise)
     selection = DefectSelection(
         defect=directory.name,
         directory=directory,
@@ -434,7 +264,12 @@ def select_defect(
         energies=energies,
         unperturbed_energy=e_unperturbed,
         notes=notes,
+        policy=policy,
+        trust=trust,
     )
+    if policy == "protect":
+        usable = [f for f, r in records.items() if r.get("status") != "error"] + missing
+        selection.extras = _protect_extras(selection, sorted(set(usable), key=_order_key))
     if write:
         write_selection(selection)
     return selection
@@ -454,6 +289,31 @@ def _summarise(
         energy_vs_unperturbed=None if e_unperturbed is None else cluster.energy - e_unperturbed,
         distance_to_unperturbed=cosine_distance(fingerprints[cluster.representative], reference),
     )
+
+
+def _protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
+    """Exploration starts when the minima are not trusted, then Unperturbed as the reference."""
+    extras: list[ExtraStart] = []
+    if not selection.trust.trusted:
+        why = ", ".join(selection.trust.codes)
+        extras += [
+            ExtraStart(
+                folder,
+                "exploration",
+                f"untrusted ML minima ({why}); {detail}; DFT starts from it as generated",
+            )
+            for folder, detail in exploration_starts(usable, selection.representatives)
+        ]
+    chosen = selection.representatives + [extra.folder for extra in extras]
+    if "Unperturbed" in usable and "Unperturbed" not in chosen:
+        extras.append(
+            ExtraStart(
+                "Unperturbed",
+                "reference",
+                "ShakeNBreak's energy reference; the hand-off keeps it and snb-run relaxes it as generated",
+            )
+        )
+    return extras
 
 
 def _fmax_note(provenance: dict[str, Any]) -> list[str]:
