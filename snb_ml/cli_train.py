@@ -52,10 +52,12 @@ def _charge_physics_options(command):
             help="Energy weight of stage one [1 per cell, 100 per atom]; stage two uses 10x.",
         ),
         click.option(
-            "--charge-reference/--no-charge-reference",
+            "--charge-reference",
+            type=click.Choice(["quadratic", "linear", "none"]),
             default=None,
-            help="Carry the explicit electron-reservoir term q*E_ref per level of theory, fitted by least "
-            "squares before training [on for charge-aware modes].",
+            help="Explicit charge terms per level of theory, fitted by least squares before training: "
+            "reservoir q*E_ref and curvature U*q^2/2, q*E_ref alone, or none [quadratic for charge-aware "
+            "modes, none for --charge-mode none].",
         ),
         click.option(
             "--dielectric",

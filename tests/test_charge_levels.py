@@ -154,6 +154,7 @@ def test_reservoir_energy_fitted_on_real_mgo_frames(mgo_frames):
     plain = fit_charge_reference(mgo_frames)
     assert plain.e_ref == {"pbesol": pytest.approx((lowest(2) - lowest(0)) / 2, abs=1e-9)}
     assert plain.e_ref["pbesol"] == pytest.approx(-8.1, abs=0.1)  # two electrons out of Mg_O: ~8 eV each
+    assert plain.u == {"pbesol": 0.0} and "three charge states" in plain.fit["pbesol"]["note"]
     with_image = fit_charge_reference(mgo_frames, dielectric=8.8963)
     expected = (lowest(2) + point_charge_correction(cell, 8.8963, 2) - lowest(0)) / 2
     assert with_image.e_ref["pbesol"] == pytest.approx(expected, abs=1e-9)
@@ -161,6 +162,33 @@ def test_reservoir_energy_fitted_on_real_mgo_frames(mgo_frames):
     neutral = [a for a in mgo_frames if a.info["total_charge"] == 0]
     with pytest.raises(InputError, match="two charge states"):
         fit_charge_reference(neutral)
+
+
+def test_reservoir_and_curvature_fitted_on_real_cdte_charge_states(cdte_entries):
+    """Cd_Te +2 ... -2 (doped's HSE+SOC energies): slope and curvature of the lowest energies in q."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames, energies = [], {}
+    for name, entry in cdte_entries.items():
+        if not name.startswith("Cd_Te"):
+            continue
+        atoms = AseAtomsAdaptor.get_atoms(entry.sc_entry.structure)
+        q = entry.charge_state
+        atoms.info.update(REF_energy=entry.sc_entry.energy, total_charge=q, head="hse", defect="Cd_Te")
+        frames.append(atoms)
+        energies[q] = entry.sc_entry.energy + point_charge_correction(atoms.cell, 10.4, q)
+    charges = sorted(energies)
+    c2, c1, _ = np.polyfit(charges, [energies[q] for q in charges], 2)
+    fitted = fit_charge_reference(frames, dielectric=10.4)
+    assert fitted.e_ref["hse"] == pytest.approx(c1, abs=1e-6)
+    assert fitted.u["hse"] == pytest.approx(2 * c2, abs=1e-6)
+    linear = fit_charge_reference(frames, dielectric=10.4, order="linear")
+    assert linear.u == {} and linear.e_ref["hse"] == pytest.approx(
+        np.polyfit(charges, [energies[q] for q in charges], 1)[0]
+    )
+    assert fitted.fit["hse"]["rms_eV"] < linear.fit["hse"]["rms_eV"]
+    with pytest.raises(InputError, match="order"):
+        fit_charge_reference(frames, order="cubic")
 
 
 def test_explicit_terms_round_trip_through_model_file_backend_and_batched_engine(mgo_frames, tmp_path):
@@ -173,7 +201,7 @@ def test_explicit_terms_round_trip_through_model_file_backend_and_batched_engine
 
     path = build_tiny_mace(tmp_path / "site.model", z_list=(8, 12), charge_mode="site")
     model = torch.load(path, weights_only=False)
-    reference = ChargeReference({"Default": -5.5}, dielectric_tensor(8.8963).tolist(), {"note": "test"})
+    reference = ChargeReference({"Default": -5.5}, dielectric_tensor(8.8963).tolist(), {}, {"Default": 0.8})
     torch.save(attach_reference(model, reference), path)
     assert reference_of(torch.load(path, weights_only=False)) == reference
 
@@ -193,7 +221,7 @@ def test_explicit_terms_round_trip_through_model_file_backend_and_batched_engine
             work.calc = calc
             energies.append(work.get_potential_energy())
             forces.append(work.get_forces())
-        shift = q * -5.5 - point_charge_correction(atoms.cell, 8.8963, q)
+        shift = q * -5.5 + 0.4 * q**2 - point_charge_correction(atoms.cell, 8.8963, q)
         assert energies[0] - energies[1] == pytest.approx(shift, abs=1e-9)
         assert np.array_equal(forces[0], forces[1])  # a constant at fixed cell: forces untouched
     batched, batched_forces = MaceBatchEvaluator(loaded.calculator).evaluate(structures)

@@ -68,6 +68,7 @@ def test_training_reduces_loss_and_writes_reproducible_files(trained):
     # The reservoir term is the slope of the charge states' lowest energies (labels: +2 eV per charge),
     # MACE trains on what is left, and each frame's energy error counts per cell (weight N², balanced).
     assert record["charge_reference"]["e_ref"] == {"pbe": pytest.approx(CHARGE_SHIFT, abs=1e-9)}
+    assert record["charge_reference"]["u"] == {"pbe": 0.0}  # two charge states fix no curvature
     for atoms in frames:
         q = atoms.info["total_charge"]
         assert atoms.info["explicit_energy"] == pytest.approx(q * CHARGE_SHIFT, abs=1e-9)
@@ -234,6 +235,15 @@ def test_evaluate_levels_by_doped_and_their_clear_errors(trained, tmp_path):
         write(no_bulk / f"{split}.xyz", frames)
     with pytest.raises(InputError, match="No bulk frame"):
         run(data=no_bulk)
+    hse = tmp_path / "hse"
+    hse.mkdir()
+    for split in ("train", "valid", "test"):
+        frames = read(dataset / f"{split}.xyz", index=":")
+        for atoms in frames:
+            atoms.info["head"] = "hse"
+        write(hse / f"{split}.xyz", frames)
+    with pytest.raises(InputError, match="would mix functionals"):
+        run(data=hse)  # a PBE model's levels against HSE energies
 
 
 def test_fine_tuning_a_foundation_with_two_heads_keeps_the_charge_embedding(tmp_path):

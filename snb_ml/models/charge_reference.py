@@ -4,9 +4,11 @@ Most of the energy difference between charge states of a defect supercell is not
 
 - **Electron reservoir** ``q · E_ref``. Charging a cell by ``+1`` moves an electron to the reservoir;
   in a DFT supercell (VASP: compensating jellium) ``E(q+1) − E(q)`` is roughly minus the energy of the
-  emptied level, ``−(E_VBM + ε(q+1/q))``: several eV per electron, the same sign for every defect of a
-  host. One ``E_ref`` per level of theory (model head) is fitted by least squares on the training
-  frames before the network trains (:func:`fit_charge_reference`) and stored in the model file.
+  emptied level, ``−(E_VBM + ε(q+1/q))`` (Janak): several eV per electron, the same sign for every
+  defect of a host.
+- **Charging curvature** ``½ U q²``. The levels themselves move as electrons are removed (on-site
+  repulsion and lattice relaxation): the second-order term of the same expansion. On the doped MgO
+  example it takes the spread of ``E(q) − q E_ref`` over five charge states from 1.5 to 0.3 eV.
 - **Finite-size electrostatics** ``−E_pc(q)``. A point charge ``q`` screened by the dielectric tensor
   ``ε`` in a periodic cell with a neutralising background interacts with its images;
   ``E_pc = −q² E_Madelung(cell, ε) > 0`` (∝ q²/L) is the point-charge term of the Freysoldt (FNV)
@@ -14,17 +16,19 @@ Most of the energy difference between charge states of a defect supercell is not
   correction computes it. The raw supercell energy contains ``−E_pc``; doped's correction adds it back
   (plus a potential alignment, which needs the DFT potentials and is left to the learned part).
 
-The model's energy of a structure ``S`` of charge ``q`` is then::
+``E_ref`` and ``U`` are one number each per level of theory (model head), fitted by least squares on
+the training frames before the network trains (:func:`fit_charge_reference`) and stored in the model
+file. The model's energy of a structure ``S`` of charge ``q`` is then::
 
-    E(S, q) = E_MACE(S, q) + q · E_ref[head] − E_pc(q; cell, ε)
+    E(S, q) = E_MACE(S, q) + q · E_ref[head] + ½ U[head] q² − E_pc(q; cell, ε)
 
-where the MACE part (with its size-consistent ``site`` charge feature) learns what is left: the local
-response of the defect to its charge. Size dependence: ``q · E_ref`` does not depend on the cell;
-``E_pc`` falls as 1/L (for a cubic cell ``E_pc(2L) = E_pc(L) / 2``), as the image interaction of a
-real DFT supercell does; the learned part keeps the ``site`` mode's guarantee (no change once the cell
-is larger than the receptive field). Both explicit terms are constant for a fixed cell, so forces are
-unaffected; they add no stress (the image term's strain derivative is not included: relax charged
-cells at fixed cell, as ShakeNBreak does).
+where the MACE part (with its size-consistent ``site`` charge feature) learns what is left: the local,
+defect-specific response to the charge. Size dependence: ``q · E_ref`` and ``½ U q²`` do not depend on
+the cell (local quantities); ``E_pc`` falls as 1/L (for a cubic cell ``E_pc(2L) = E_pc(L) / 2``), as the
+image interaction of a real DFT supercell does; the learned part keeps the ``site`` mode's guarantee
+(no change once the cell is larger than the receptive field). The explicit terms are constant for a
+fixed cell, so forces are unaffected; they add no stress (the image term's strain derivative is not
+included: relax charged cells at fixed cell, as ShakeNBreak does).
 
 The terms travel in the MACE ``.model`` file as the attribute ``snb_ml_charge_reference`` (a plain
 dict). snb_ml's ``mace`` relaxer backend, its batched evaluator and ``snb-ml evaluate`` add them;
@@ -130,27 +134,34 @@ def point_charge_correction(cell: Any, dielectric: Any, charge: float) -> float:
     return _madelung(key, tensor) * float(charge) ** 2
 
 
+#: ``fit_charge_reference`` orders: the reservoir slope alone, or with the curvature ``U``.
+REFERENCE_ORDERS = ("linear", "quadratic")
+
+
 @dataclass
 class ChargeReference:
-    """The explicit charge terms of a model: ``q · E_ref[head] − E_pc(q; cell, ε)``.
+    """The explicit charge terms of a model: ``q · E_ref[head] + ½ U[head] q² − E_pc(q; cell, ε)``.
 
     Attributes:
         e_ref: Electron-reservoir energy per head (eV per unit charge); 0 for a head whose training
-            frames do not fix it (a single charge state: the network then learns the whole charge
-            dependence of that head, as without this term).
+            frames do not fix it (no defect with two charge states: the network then learns the whole
+            charge dependence of that head, as without this term).
         dielectric: 3x3 dielectric tensor of the point-charge term; ``None``: no such term.
-        fit: How ``e_ref`` was fitted (groups and charges per head, rms of the linear fit).
+        fit: How the terms were fitted (defects and charges per head, rms of the fit).
+        u: Charging curvature per head (eV per unit charge²); missing or 0: no such term.
     """
 
     e_ref: dict[str, float] = field(default_factory=dict)
     dielectric: list[list[float]] | None = None
     fit: dict[str, Any] = field(default_factory=dict)
+    u: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plain-data form stored in the model file."""
         return {
             "version": _FORMAT_VERSION,
             "e_ref": dict(self.e_ref),
+            "u": dict(self.u),
             "dielectric": self.dielectric,
             "fit": self.fit,
         }
@@ -167,27 +178,40 @@ class ChargeReference:
                 f"This model's charge reference has format version {data.get('version')!r}; this snb_ml "
                 f"reads version {_FORMAT_VERSION}. Retrain it or update snb_ml."
             )
-        return cls(dict(data.get("e_ref") or {}), data.get("dielectric"), dict(data.get("fit") or {}))
+        return cls(
+            dict(data.get("e_ref") or {}),
+            data.get("dielectric"),
+            dict(data.get("fit") or {}),
+            dict(data.get("u") or {}),
+        )
+
+    def _of_head(self, table: dict[str, float], head: str | None) -> float:
+        if not table:
+            return 0.0
+        if head in table:
+            return table[head]
+        if len(table) == 1:
+            return next(iter(table.values()))
+        raise ModelError(f"The charge reference has no head '{head}' (it has {', '.join(table)}).")
 
     def reservoir(self, head: str | None) -> float:
         """Return ``E_ref`` of ``head`` (the only one when the model has a single head)."""
-        if head in self.e_ref:
-            return self.e_ref[head]
-        if len(self.e_ref) == 1:
-            return next(iter(self.e_ref.values()))
-        raise ModelError(f"The charge reference has no head '{head}' (it has {', '.join(self.e_ref)}).")
+        return self._of_head(self.e_ref, head)
+
+    def curvature(self, head: str | None) -> float:
+        """Return ``U`` of ``head`` (0 without a curvature term)."""
+        return self._of_head(self.u, head)
 
     def energy(self, cell: Any, charge: float, head: str | None = None) -> float:
-        """Return the explicit energy ``q · E_ref[head] − E_pc(q)`` (eV) of a structure.
+        """Return the explicit energy ``q · E_ref + ½ U q² − E_pc(q)`` (eV) of a structure.
 
         Raises:
             ModelError: If the reference has several heads and none is ``head``.
         """
         if charge == 0:
             return 0.0
-        total = 0.0
-        if self.e_ref:
-            total += float(charge) * self.reservoir(head)
+        q = float(charge)
+        total = q * self.reservoir(head) + 0.5 * self.curvature(head) * q**2
         if self.dielectric is not None:
             total -= point_charge_correction(cell, self.dielectric, charge)
         return total
@@ -211,43 +235,14 @@ class ChargeReference:
         return self.energy(atoms.cell, int(round(value)), head)
 
 
-def fit_charge_reference(
-    frames: Iterable[Atoms],
-    dielectric: Any = None,
-    reservoir: bool = True,
-    energy_key: str = "REF_energy",
-) -> ChargeReference:
-    """Fit ``E_ref`` per head by least squares, before the network trains.
-
-    One row per defect charge state: its lowest-energy frame (the DFT ground state, what transition
-    levels are made of), ``E + E_pc(q) ≈ a_defect + q · E_ref`` with a free intercept per defect (and
-    composition), so ``E_ref`` is the slope in ``q`` shared by the defects of a level of theory and
-    nothing else leaks into it. Bulk frames and defects with a single charge state fix no slope; a
-    head without any defect of two charge states gets ``E_ref = 0``.
-
-    Args:
-        frames: Training frames with ``REF_energy``, ``total_charge``, ``head``, ``defect`` and
-            ``config_type`` (as ``snb-ml dataset`` writes them).
-        dielectric: Dielectric constant for the point-charge term; ``None`` leaves it out.
-        reservoir: Fit ``E_ref`` (``False``: only the point-charge term).
-        energy_key: Where the DFT energy is.
-
-    Returns:
-        The fitted reference.
-
-    Raises:
-        InputError: If ``reservoir`` is requested but no defect has two charge states.
-    """
-    tensor = dielectric_tensor(dielectric).tolist() if dielectric is not None else None
-    reference = ChargeReference({}, tensor, {})
-    if not reservoir:
-        return reference
-    # {head: {(defect, formula, q): (raw energy, energy + E_pc)}} of each charge state's lowest frame
+def _lowest_states(
+    frames: Iterable[Atoms], tensor: Any, energy_key: str
+) -> dict[str, dict[tuple[str, str, int], tuple[float, float]]]:
+    """``{head: {(defect, formula, q): (raw energy, energy + E_pc)}}`` of each charge state's lowest frame."""
     lowest: dict[str, dict[tuple[str, str, int], tuple[float, float]]] = defaultdict(dict)
     for atoms in frames:
         info = atoms.info
-        head = str(info.get("head") or "Default")
-        states = lowest[head]  # every head gets an entry, even one with bulk frames only
+        states = lowest[str(info.get("head") or "Default")]  # every head gets an entry, even bulk-only
         if str(info.get("config_type", "defect")) == "bulk":
             continue
         q = int(info["total_charge"])
@@ -256,12 +251,53 @@ def fit_charge_reference(
         if key not in states or energy < states[key][0]:
             pc = point_charge_correction(atoms.cell, tensor, q) if tensor is not None else 0.0
             states[key] = (energy, energy + pc)
-    for head, states in sorted(lowest.items()):
-        charges_of: dict[tuple[str, str], list[int]] = defaultdict(list)
+    return lowest
+
+
+def fit_charge_reference(
+    frames: Iterable[Atoms],
+    dielectric: Any = None,
+    order: str | None = "quadratic",
+    energy_key: str = "REF_energy",
+) -> ChargeReference:
+    """Fit ``E_ref`` (and ``U``) per head by least squares, before the network trains.
+
+    One row per defect charge state: its lowest-energy frame (the DFT ground state, what transition
+    levels are made of), ``E + E_pc(q) ≈ a_defect + q E_ref + ½ U q²`` with a free intercept per defect
+    (and composition), so ``E_ref`` and ``U`` are the slope and curvature in ``q`` shared by the
+    defects of a level of theory and nothing else leaks into them. Bulk frames and defects with a
+    single charge state fix nothing; the slope needs a defect with two charge states, the curvature
+    one with three (else it is 0, and the fit says so).
+
+    Args:
+        frames: Training frames with ``REF_energy``, ``total_charge``, ``head``, ``defect`` and
+            ``config_type`` (as ``snb-ml dataset`` writes them).
+        dielectric: Dielectric constant for the point-charge term; ``None`` leaves it out.
+        order: ``quadratic`` (``E_ref`` and ``U``), ``linear`` (``E_ref``) or ``None`` (only the
+            point-charge term).
+        energy_key: Where the DFT energy is.
+
+    Returns:
+        The fitted reference.
+
+    Raises:
+        InputError: For an unknown order, or if a fit is requested but no defect has two charge states.
+    """
+    if order is not None and order not in REFERENCE_ORDERS:
+        raise InputError(
+            f"The charge reference order must be one of {', '.join(REFERENCE_ORDERS)}, got {order!r}."
+        )
+    tensor = dielectric_tensor(dielectric).tolist() if dielectric is not None else None
+    reference = ChargeReference({}, tensor, {})
+    if order is None:
+        return reference
+    for head, states in sorted(_lowest_states(frames, tensor, energy_key).items()):
+        charges_of: dict[tuple[str, str], set[int]] = defaultdict(set)
         for defect, formula, q in states:
-            charges_of[(defect, formula)].append(q)
-        useful = sorted(d for d, qs in charges_of.items() if len(set(qs)) >= 2)
-        summary = {
+            charges_of[(defect, formula)].add(q)
+        useful = sorted(d for d, qs in charges_of.items() if len(qs) >= 2)
+        curved = order == "quadratic" and any(len(charges_of[d]) >= 3 for d in useful)
+        summary: dict[str, Any] = {
             "defects": [d for d, _ in useful],
             "charges": {d: sorted(charges_of[(d, f)]) for d, f in useful},
         }
@@ -270,19 +306,25 @@ def fit_charge_reference(
             reference.fit[head] = {**summary, "note": "no defect with two charge states: E_ref set to 0"}
             continue
         rows = [((d, f), q, corrected) for (d, f, q), (_, corrected) in states.items() if (d, f) in useful]
-        design = np.zeros((len(rows), len(useful) + 1))
+        design = np.zeros((len(rows), len(useful) + 1 + int(curved)))
         targets = np.array([corrected for _, _, corrected in rows])
         for i, (defect, q, _) in enumerate(rows):
             design[i, useful.index(defect)] = 1.0
-            design[i, -1] = q
+            design[i, len(useful)] = q
+            if curved:
+                design[i, len(useful) + 1] = 0.5 * q**2
         solution, *_ = np.linalg.lstsq(design, targets, rcond=None)
         residual = targets - design @ solution
-        reference.e_ref[head] = float(solution[-1])
+        reference.e_ref[head] = float(solution[len(useful)])
+        if order == "quadratic":
+            reference.u[head] = float(solution[-1]) if curved else 0.0
+            if not curved:
+                summary["note"] = "no defect with three charge states: U set to 0"
         reference.fit[head] = {**summary, "rms_eV": float(np.sqrt(np.mean(residual**2)))}
     if not any("rms_eV" in fit for fit in reference.fit.values()):
         raise InputError(
             "The electron-reservoir term q·E_ref needs training frames of at least two charge states of "
-            "one defect; none of these defects has two. Train without it (--no-charge-reference)."
+            "one defect; none of these defects has two. Train without it (--charge-reference none)."
         )
     return reference
 

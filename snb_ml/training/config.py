@@ -8,7 +8,7 @@ from typing import Any
 
 from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 from snb_ml.errors import InputError
-from snb_ml.models.charge_reference import dielectric_tensor
+from snb_ml.models.charge_reference import REFERENCE_ORDERS, dielectric_tensor
 from snb_ml.training.frames import NO_CHARGE
 from snb_ml.training.targets import ENERGY_LOSSES
 
@@ -42,9 +42,10 @@ class TrainSettings:
         swa_forces_weight: Forces weight of stage two.
         balance_charge_states: Give each charge state of each defect the same total energy weight
             (a charge state with a single ionic step otherwise hardly counts next to long relaxations).
-        charge_reference: Carry the explicit electron-reservoir term ``q · E_ref`` per head, fitted
-            by least squares before the network trains (:mod:`snb_ml.models.charge_reference`);
-            ``None``: on for charge-aware modes, off for ``none``.
+        charge_reference: Explicit charge terms per head, fitted by least squares before the network
+            trains (:mod:`snb_ml.models.charge_reference`): ``quadratic`` (reservoir ``q · E_ref``
+            and curvature ``½ U q²``), ``linear`` (``q · E_ref``) or ``none``; ``None``:
+            ``quadratic`` for charge-aware modes, ``none`` for charge mode ``none``.
         dielectric: Dielectric constant (scalar, 3 diagonal values or 3x3) of the explicit
             point-charge image term ``−E_pc(q; cell, ε)``; ``None``: no such term.
         start_swa: Epoch at which stage two starts (``None``: 75 % of ``epochs``; 0 or more than
@@ -89,7 +90,7 @@ class TrainSettings:
     swa_energy_weight: float | None = None
     swa_forces_weight: float = 10.0
     balance_charge_states: bool = True
-    charge_reference: bool | None = None
+    charge_reference: str | None = None
     dielectric: Any = None
     start_swa: int | None = None
     ema_decay: float = 0.99
@@ -132,12 +133,16 @@ class TrainSettings:
             )
         if self.dielectric is not None:
             dielectric_tensor(self.dielectric)
+        if self.charge_reference not in (None, "none", *REFERENCE_ORDERS):
+            raise InputError(
+                f"--charge-reference must be one of quadratic, linear, none; got {self.charge_reference!r}."
+            )
 
-    def uses_charge_reference(self) -> bool:
-        """Whether the explicit ``q · E_ref`` term is fitted (``charge_reference`` resolved)."""
+    def reference_order(self) -> str | None:
+        """Return the fitted explicit terms: ``quadratic``, ``linear`` or ``None`` (resolved)."""
         if self.charge_reference is None:
-            return self.charge_mode != NO_CHARGE
-        return bool(self.charge_reference)
+            return None if self.charge_mode == NO_CHARGE else "quadratic"
+        return None if self.charge_reference == "none" else self.charge_reference
 
     def energy_weights(self) -> tuple[float, float]:
         """Return the (stage one, stage two) energy weights, defaults resolved for the energy loss."""

@@ -439,12 +439,12 @@ def level_report(
         ModelError: If the model has no charge term.
         InputError: For missing bulk, dielectric constant, band edges, or fewer than two charge states.
     """
-    from snb_ml.models.charge_reference import reference_of
-    from snb_ml.relaxers.mace_backend import _load_torch_model
-
     settings.check()
-    explicit = reference_of(_load_torch_model(str(handle.path), "cpu")) is not None
-    if handle.charge_mode == NO_CHARGE and not explicit and not settings.allow_charge_blind:
+    if (
+        handle.charge_mode == NO_CHARGE
+        and not handle.explicit_charge_terms
+        and not settings.allow_charge_blind
+    ):
         raise ModelError(
             f"Model '{handle.path.name}' has no charge term (charge mode 'none', no explicit charge terms): "
             "it gives every charge state of a structure the same energy, so its transition levels would be "
@@ -455,6 +455,13 @@ def level_report(
         raise InputError(
             "Transition levels need at least two charge states of one defect among the evaluated frames; "
             f"found {', '.join(f'{d} ({h}): {sorted(s)}' for (h, d), s in sorted(groups.items())) or 'none'}."
+        )
+    foreign = sorted({head for head, _ in groups} - set(handle.heads))
+    if foreign and handle.heads != ["Default"]:
+        raise InputError(
+            f"Model '{handle.path.name}' was trained on levels of theory {', '.join(handle.heads)}, but the "
+            f"evaluated frames are {', '.join(foreign)}: its levels would mix functionals with the DFT ones. "
+            "Evaluate it on frames of its own level of theory (or train a head for theirs)."
         )
     states, report_levels, ground, errors = {}, {}, {}, []
     edges = {}

@@ -284,14 +284,16 @@ def _explicit_terms(
     from snb_ml.models.charge_reference import fit_charge_reference
 
     reference = None
-    if settings.uses_charge_reference() or settings.dielectric is not None:
-        reference = fit_charge_reference(
-            data["train"], settings.dielectric, reservoir=settings.uses_charge_reference()
+    order = settings.reference_order()
+    if order is not None or settings.dielectric is not None:
+        reference = fit_charge_reference(data["train"], settings.dielectric, order=order)
+        fitted = ", ".join(
+            f"{head}: E_ref {value:+.3f} eV, U {reference.curvature(head):+.3f} eV"
+            for head, value in reference.e_ref.items()
         )
-        fitted = ", ".join(f"{head}: {value:+.3f} eV" for head, value in reference.e_ref.items())
         echo(
             "Explicit charge terms: "
-            + (f"E_ref per head ({fitted})" if fitted else "no reservoir term")
+            + (f"per head {fitted}" if fitted else "no reservoir term")
             + ("; point-charge image term with the given dielectric constant" if reference.dielectric else "")
         )
     targets = prepare_targets(data, reference, settings.energy_loss, settings.balance_charge_states)
