@@ -65,6 +65,27 @@ def test_training_reduces_loss_and_writes_reproducible_files(trained):
     charged = [a for a in frames if a.info["total_charge"] == -1]
     assert charged and all(set(np.unique(a.arrays["defect_charge"])) == {-1.0, 0.0} for a in charged)
     assert all(not a.arrays["defect_charge"].any() for a in frames if a.info["total_charge"] == 0)
+    # The reservoir term is the slope of the charge states' lowest energies (labels: +2 eV per charge),
+    # MACE trains on what is left, and each frame's energy error counts per cell (weight N², balanced).
+    assert record["charge_reference"]["e_ref"] == {"pbe": pytest.approx(CHARGE_SHIFT, abs=1e-9)}
+    assert record["charge_reference"]["u"] == {"pbe": 0.0}  # two charge states fix no curvature
+    for atoms in frames:
+        q = atoms.info["total_charge"]
+        assert atoms.info["explicit_energy"] == pytest.approx(q * CHARGE_SHIFT, abs=1e-9)
+        assert atoms.info["REF_energy"] == pytest.approx(
+            atoms.info["DFT_energy"] - q * CHARGE_SHIFT, abs=1e-9
+        )
+    n_groups = len({(a.info["config_type"], a.info["total_charge"]) for a in frames})
+    counts = {
+        q: sum(a.info["total_charge"] == q and a.info["config_type"] == "defect" for a in frames)
+        for q in (0, -1)
+    }
+    defect = next(a for a in frames if a.info["config_type"] == "defect" and a.info["total_charge"] == 0)
+    expected = len(defect) ** 2 * len(frames) / (n_groups * counts[0])
+    assert defect.info["config_energy_weight"] == pytest.approx(expected)
+    with open(site.model_dir / "train.log") as log:
+        assert "MAE_E" in log.read()  # MACE's TotalMAE table: energy error per cell
+    assert all(h["mae_e"] is not None for h in site.history if h["epoch"] is not None)
 
 
 def test_charge_aware_model_separates_charges_the_blind_one_cannot(trained):
@@ -155,6 +176,74 @@ def test_ground_states_rmsd_and_transition_levels(trained, tmp_path):
     # DFT level from the labels: E(-1) - E(0) - E_VBM = -2 eV - 0.5 eV on the same geometry.
     assert level["dft"] == pytest.approx(-CHARGE_SHIFT - 0.5, abs=1e-6)
     assert level["error"] == pytest.approx(level["model"] - level["dft"])
+
+
+def test_evaluate_levels_by_doped_and_their_clear_errors(trained, tmp_path):
+    """Transition levels from the model vs DFT, computed by doped, on the EMT fixture (no OUTCARs)."""
+    from ase.io import read, write
+
+    from snb_ml.errors import ModelError
+    from snb_ml.models.charge_reference import point_charge_correction
+    from snb_ml.training.evaluate import evaluate_model
+    from snb_ml.training.levels import LevelSettings
+
+    dataset, site, blind = trained
+    args = [
+        "snb-ml",
+        "evaluate",
+        str(site.model_path),
+        str(dataset),
+        "-o",
+        str(tmp_path / "rep"),
+        "--no-plots",
+    ]
+    levels = ["--levels", "--dielectric", "5", "--correction", "pc", "--vbm", "0.5", "--band-gap", "1.0"]
+    result = run_cli([*args, *levels], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Transition levels by doped" in result.stdout and "E MAE (meV/cell)" in result.stdout
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())["levels"]
+    assert list(report["levels"]) == ["pbe:v_Cu ε(0/-1)"]
+    level = report["levels"]["pbe:v_Cu ε(0/-1)"]
+    states = {row["charge"]: row for row in report["states"].values()}
+    cell = read(dataset / "test.xyz", index=0).cell
+    assert states[-1]["correction"] == pytest.approx(point_charge_correction(cell, 5.0, -1))
+    # doped's level e(0/-1) = E(-1) + E_corr(-1) - E(0) - E_VBM (bulk and chemical potentials cancel).
+    dft = states[-1]["dft_energy"] + states[-1]["correction"] - states[0]["dft_energy"] - 0.5
+    assert level["dft"] == pytest.approx(dft, abs=1e-3)  # doped rounds levels to 1 meV
+    model_gap_error = (states[-1]["model_energy"] - states[0]["model_energy"]) - (
+        states[-1]["dft_energy"] - states[0]["dft_energy"]
+    )
+    assert level["error"] == pytest.approx(model_gap_error, abs=2e-3)
+
+    def run(model=site.model_path, data=dataset, **settings):
+        options = {"dielectric": 5.0, "correction": "pc", "vbm": 0.5, "band_gap": 1.0, **settings}
+        return evaluate_model(model, data, tmp_path / "x", plots=False, echo=lambda _: None,
+                              levels=LevelSettings(**options))  # fmt: skip
+
+    with pytest.raises(InputError, match="dielectric constant"):
+        run(dielectric=None)
+    with pytest.raises(InputError, match="VASP output"):
+        run(correction="efnv")  # corrections not computable: no OUTCAR core potentials
+    with pytest.raises(InputError, match="--vbm and --band-gap"):
+        run(vbm=None, band_gap=None)
+    with pytest.raises(ModelError, match="no charge term"):
+        run(model=blind.model_path)
+    no_bulk = tmp_path / "no_bulk"
+    no_bulk.mkdir()
+    for split in ("train", "valid", "test"):
+        frames = [a for a in read(dataset / f"{split}.xyz", index=":") if a.info["config_type"] != "bulk"]
+        write(no_bulk / f"{split}.xyz", frames)
+    with pytest.raises(InputError, match="No bulk frame"):
+        run(data=no_bulk)
+    hse = tmp_path / "hse"
+    hse.mkdir()
+    for split in ("train", "valid", "test"):
+        frames = read(dataset / f"{split}.xyz", index=":")
+        for atoms in frames:
+            atoms.info["head"] = "hse"
+        write(hse / f"{split}.xyz", frames)
+    with pytest.raises(InputError, match="would mix functionals"):
+        run(data=hse)  # a PBE model's levels against HSE energies
 
 
 def test_fine_tuning_a_foundation_with_two_heads_keeps_the_charge_embedding(tmp_path):

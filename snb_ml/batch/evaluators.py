@@ -240,9 +240,15 @@ class MaceBatchEvaluator:
                 for atoms in structures
             ]
         lanes = split_into_lanes(structures, lane_count(self.device, self.lanes, structures))
-        return evaluate_in_lanes(
+        energies, forces = evaluate_in_lanes(
             structures, lanes, lambda lane, threads: self._evaluate_lane([graphs[i] for i in lane], threads)
         )
+        # Explicit charge terms of the model (q·E_ref − E_pc, snb_ml.models.charge_reference): constant
+        # per structure at fixed cell, so they shift the energy exactly as the sequential calculator does.
+        explicit = getattr(calc, "explicit_energy", None)
+        if explicit is not None:
+            energies = energies + np.array([explicit(atoms) for atoms in structures])
+        return energies, forces
 
     def _evaluate_lane(self, graphs: list[Any], threads: int | None) -> tuple[np.ndarray, list[np.ndarray]]:
         import torch

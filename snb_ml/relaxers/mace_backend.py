@@ -180,8 +180,6 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
     spec = request.model
     path, foundation = _resolve(spec)
     mace = _import_mace()
-    from mace.calculators import MACECalculator
-
     model = _load_torch_model(path, request.device, foundation)
     heads = list(getattr(model, "heads", None) or ["Default"])
     head = _choose_head(foundation or str(spec), heads, request.head, foundation)
@@ -202,7 +200,11 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
     if arrays_keys:
         options["arrays_keys"] = arrays_keys
     name = f"MACE {foundation or Path(spec).name}"
-    calculator = MACECalculator(
+    # A model trained with explicit charge terms (q·E_ref, point-charge image energy) gets a calculator
+    # that adds them to the energy (snb_ml.models.charge_reference); others get MACE's own.
+    from snb_ml.models.charge_reference import mace_calculator_class, reference_of
+
+    calculator = mace_calculator_class(model)(
         models=model,
         device=request.device,
         default_dtype=dtype,
@@ -213,7 +215,7 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         calculator=calculator,
         name=name,
         version=f"mace-torch {getattr(mace, '__version__', 'unknown')}",
-        charge_aware=mode is not None,
+        charge_aware=mode is not None or reference_of(model) is not None,
         supported_numbers=frozenset(int(z) for z in model.atomic_numbers),
         head=head,
         charge_mode=mode,

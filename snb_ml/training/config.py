@@ -8,7 +8,9 @@ from typing import Any
 
 from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 from snb_ml.errors import InputError
+from snb_ml.models.charge_reference import REFERENCE_ORDERS, dielectric_tensor
 from snb_ml.training.frames import NO_CHARGE
+from snb_ml.training.targets import ENERGY_LOSSES
 
 #: Charge modes accepted by ``snb-ml train --charge-mode``.
 TRAIN_CHARGE_MODES = ("site", "global", "intensive", NO_CHARGE)
@@ -30,10 +32,22 @@ class TrainSettings:
         lr: Learning rate of stage one; ``None``: 1e-2 from scratch, 5e-3 when fine-tuning (from
             scratch 1e-2 fitted small defect datasets faster and more reliably than 5e-3).
         swa_lr: Learning rate of stage two.
-        energy_weight: Energy weight of stage one.
+        energy_loss: ``per_cell`` (default): the energy term is the squared error of the whole cell
+            (eV²), what transition levels are made of; ``per_atom``: MACE's own, squared error per
+            atom (see :mod:`snb_ml.training.targets`).
+        energy_weight: Energy weight of stage one (``None``: 1 per cell, 100 per atom).
         forces_weight: Forces weight of stage one.
-        swa_energy_weight: Energy weight of stage two (raised: defect energies matter most).
+        swa_energy_weight: Energy weight of stage two, raised because defect energies matter most
+            (``None``: 10 per cell, 1000 per atom).
         swa_forces_weight: Forces weight of stage two.
+        balance_charge_states: Give each charge state of each defect the same total energy weight
+            (a charge state with a single ionic step otherwise hardly counts next to long relaxations).
+        charge_reference: Explicit charge terms per head, fitted by least squares before the network
+            trains (:mod:`snb_ml.models.charge_reference`): ``quadratic`` (reservoir ``q · E_ref``
+            and curvature ``½ U q²``), ``linear`` (``q · E_ref``) or ``none``; ``None``:
+            ``quadratic`` for charge-aware modes, ``none`` for charge mode ``none``.
+        dielectric: Dielectric constant (scalar, 3 diagonal values or 3x3) of the explicit
+            point-charge image term ``−E_pc(q; cell, ε)``; ``None``: no such term.
         start_swa: Epoch at which stage two starts (``None``: 75 % of ``epochs``; 0 or more than
             ``epochs``: never).
         ema_decay: Decay of MACE's exponential moving average of the weights.
@@ -70,10 +84,14 @@ class TrainSettings:
     batch_size: int = 2
     lr: float | None = None
     swa_lr: float = 1e-3
-    energy_weight: float = 100.0
+    energy_loss: str = "per_cell"
+    energy_weight: float | None = None
     forces_weight: float = 10.0
-    swa_energy_weight: float = 1000.0
+    swa_energy_weight: float | None = None
     swa_forces_weight: float = 10.0
+    balance_charge_states: bool = True
+    charge_reference: str | None = None
+    dielectric: Any = None
     start_swa: int | None = None
     ema_decay: float = 0.99
     r_max: float = 5.0
@@ -109,11 +127,38 @@ class TrainSettings:
             raise InputError(f"Foundation model '{self.foundation}' is not a file.")
         if not self.name or any(c in self.name for c in "/\\ "):
             raise InputError(f"Model name {self.name!r} must be a plain file stem (no spaces or slashes).")
+        if self.energy_loss not in ENERGY_LOSSES:
+            raise InputError(
+                f"--energy-loss must be one of {', '.join(ENERGY_LOSSES)}, got {self.energy_loss!r}."
+            )
+        if self.dielectric is not None:
+            dielectric_tensor(self.dielectric)
+        if self.charge_reference not in (None, "none", *REFERENCE_ORDERS):
+            raise InputError(
+                f"--charge-reference must be one of quadratic, linear, none; got {self.charge_reference!r}."
+            )
+
+    def reference_order(self) -> str | None:
+        """Return the fitted explicit terms: ``quadratic``, ``linear`` or ``None`` (resolved)."""
+        if self.charge_reference is None:
+            return None if self.charge_mode == NO_CHARGE else "quadratic"
+        return None if self.charge_reference == "none" else self.charge_reference
+
+    def energy_weights(self) -> tuple[float, float]:
+        """Return the (stage one, stage two) energy weights, defaults resolved for the energy loss."""
+        per_cell = self.energy_loss == "per_cell"
+        first = self.energy_weight if self.energy_weight is not None else (1.0 if per_cell else 100.0)
+        second = (
+            self.swa_energy_weight if self.swa_energy_weight is not None else (10.0 if per_cell else 1000.0)
+        )
+        return float(first), float(second)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as plain JSON-friendly data."""
         data = asdict(self)
         data["radial_mlp"] = list(self.radial_mlp)
+        if self.dielectric is not None:
+            data["dielectric"] = dielectric_tensor(self.dielectric).tolist()
         return data
 
 
@@ -165,7 +210,7 @@ def mace_config(
         "forces_key": FORCES_KEY,
         "stress_key": STRESS_KEY,
         "loss": "weighted",
-        "energy_weight": settings.energy_weight,
+        "energy_weight": settings.energy_weights()[0],
         "forces_weight": settings.forces_weight,
         "lr": settings.lr or (5e-3 if foundation is not None else 1e-2),
         "ema": True,
@@ -174,7 +219,7 @@ def mace_config(
         "batch_size": max(1, min(settings.batch_size, n_train)),
         "valid_batch_size": max(1, min(settings.batch_size * 2, 16)),
         "scaling": settings.scaling,
-        "error_table": "PerAtomMAE",
+        "error_table": "TotalMAE",  # energy error per cell: what transition levels are made of
         "eval_interval": 1,
         "keep_checkpoints": False,
         "save_cpu": True,
@@ -187,7 +232,7 @@ def mace_config(
             swa=True,
             start_swa=start,
             swa_lr=settings.swa_lr,
-            swa_energy_weight=settings.swa_energy_weight,
+            swa_energy_weight=settings.energy_weights()[1],
             swa_forces_weight=settings.swa_forces_weight,
         )
     if settings.charge_mode != NO_CHARGE:

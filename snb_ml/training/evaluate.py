@@ -101,7 +101,7 @@ def report_table(report: dict[str, Any]) -> str:
             _fmt(overall.get("force_rmse"), 1000),
         ]
     )
-    headers = ["frames", "n", "E MAE (meV)", "E MAE (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
+    headers = ["frames", "n", "E MAE (meV/cell)", "E MAE (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
     lines = [tabulate(rows, headers=headers)]
     relative = report["relative_energy"]
     spearman = report["spearman"]
@@ -123,6 +123,10 @@ def report_table(report: dict[str, Any]) -> str:
                     f"  {defect} ({label}): model {level['model']:.3f} eV, DFT {level['dft']:.3f} eV, "
                     f"error {level['error']:+.3f} eV"
                 )
+    if report.get("levels"):
+        from snb_ml.training.levels import levels_table
+
+        lines.append("\n" + levels_table(report["levels"]))
     return "\n".join(lines)
 
 
@@ -135,6 +139,7 @@ def evaluate_model(
     device: str = "cpu",
     plots: bool = True,
     echo: Callable[[str], None] = print,
+    levels: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a MACE model on a dataset split; write ``report.json`` (and parity plots).
 
@@ -147,11 +152,13 @@ def evaluate_model(
         device: Torch device.
         plots: Write the parity plots.
         echo: Where the summary table goes.
+        levels: :class:`~snb_ml.training.levels.LevelSettings` to compute charge-transition levels
+            of model and DFT with doped (``None``: no levels).
 
     Returns:
         The report (also written to ``report_dir/report.json``): ``model``, ``dataset``, ``split``,
         ``charge_mode``, ``heads``, ``overall``, ``by_charge``, ``by_head``, ``relative_energy``,
-        ``spearman``, ``plots`` and, with ground states, ``ground_states``.
+        ``spearman``, ``plots`` and, with ground states, ``ground_states``; with ``levels``, ``levels``.
 
     Raises:
         InputError: If the split is empty or unknown.
@@ -177,6 +184,11 @@ def evaluate_model(
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = parity_plots(predictions, report_dir) if plots else {}
+    if levels is not None:
+        from snb_ml.training.levels import level_report
+
+        everything = [atoms for frames in read_dataset(dataset_dir).values() for atoms in frames]
+        report["levels"] = level_report(handle, predictions, everything, levels)
     if ground_states is not None:
         from snb_ml.training.ground_states import compare_ground_states
 

@@ -23,12 +23,15 @@ class ModelHandle:
         charge_mode: ``site``, ``global``, ``intensive`` or ``none``.
         heads: Readout heads of the model.
         device: Torch device.
+        explicit_charge_terms: True when the model carries explicit charge terms
+            (:mod:`snb_ml.models.charge_reference`), which its calculators add to every energy.
     """
 
     path: Path
     charge_mode: str
     heads: list[str]
     device: str = "cpu"
+    explicit_charge_terms: bool = False
     _calculators: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def head_for(self, atoms: Atoms) -> str:
@@ -75,6 +78,7 @@ def open_model(path: str | Path, device: str = "cpu") -> ModelHandle:
         ModelError: If the file is missing or not a MACE model.
     """
     from snb_ml.models import detect_charge_mode
+    from snb_ml.models.charge_reference import reference_of
     from snb_ml.relaxers.mace_backend import _load_torch_model
 
     path = Path(path)
@@ -82,7 +86,8 @@ def open_model(path: str | Path, device: str = "cpu") -> ModelHandle:
         raise ModelError(f"Model file '{path}' does not exist; train one with `snb-ml train`.")
     model = _load_torch_model(str(path), "cpu")
     heads = [str(h) for h in (getattr(model, "heads", None) or ["Default"])]
-    return ModelHandle(path.resolve(), detect_charge_mode(model) or NO_CHARGE, heads, device)
+    explicit = reference_of(model) is not None
+    return ModelHandle(path.resolve(), detect_charge_mode(model) or NO_CHARGE, heads, device, explicit)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from snb_ml.training.frames import (
     read_dataset,
     write_head_files,
 )
+from snb_ml.training.targets import prepare_targets
 
 CONFIG_NAME = "mace_config.yaml"
 RECORD_NAME = "training.json"
@@ -163,7 +164,7 @@ def read_history(work_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             if entry.get("mode") == "eval":
                 history.append(
-                    {k: entry.get(k) for k in ("epoch", "head", "loss", "mae_e_per_atom", "mae_f")}
+                    {k: entry.get(k) for k in ("epoch", "head", "loss", "mae_e", "mae_e_per_atom", "mae_f")}
                 )
     return history
 
@@ -207,6 +208,7 @@ def train_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     data = read_dataset(dataset_dir, ("train", "valid"))
     annotate_charges(data, settings.charge_mode, settings.marker_radius)
+    reference, targets = _explicit_terms(data, settings, echo)
     heads = write_head_files(data, model_dir / "data")
     foundation = _prepare_foundation(settings, model_dir)
     work_dir = model_dir / "mace"
@@ -225,7 +227,7 @@ def train_model(
     seconds = time.perf_counter() - start
     trained = _trained_model(work_dir, settings.name, stage_two_start(settings) is not None)
     model_path = model_dir / f"{settings.name}.model"
-    _save_model(trained, model_path, settings.marker_radius)
+    _save_model(trained, model_path, settings.marker_radius, reference)
     history = read_history(work_dir)
     record = {
         "model": model_path.name,
@@ -234,32 +236,68 @@ def train_model(
         "heads": list(heads),
         "charge_mode": settings.charge_mode,
         "frames": counts,
+        "charge_reference": reference.to_dict() if reference is not None else None,
+        "targets": targets,
         "mace_model": str(trained.relative_to(model_dir)),
         "seconds": round(seconds, 1),
         "history": history,
     }
     (model_dir / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    final = [h for h in history if h.get("mae_e") is not None]
+    if final:
+        echo(
+            f"Validation energy MAE of the final epoch: {1000 * final[-1]['mae_e']:.1f} meV per cell "
+            f"({1000 * final[-1]['mae_e_per_atom']:.2f} meV/atom); "
+            f"forces {1000 * final[-1]['mae_f']:.1f} meV/Å."
+        )
     echo(f"Model written to {model_path} ({seconds:.0f} s). Use it with: --relaxer mace --model {model_path}")
     return TrainResult(model_path, model_dir, list(heads), settings.charge_mode, history, seconds)
 
 
-def _save_model(trained: Path, target: Path, marker_radius: float | None) -> None:
-    """Copy the trained model into place atomically, carrying a non-default marker radius inside it.
+def _save_model(trained: Path, target: Path, marker_radius: float | None, reference: Any = None) -> None:
+    """Copy the trained model into place atomically, carrying snb_ml's own settings inside it.
 
-    The relaxer backend reads ``snb_ml_marker_radius`` from the model, so ``snb-ml run`` builds the
-    same site features as training did.
+    The relaxer backend reads ``snb_ml_marker_radius`` (a non-default marker radius, so ``snb-ml run``
+    builds the same site features as training did) and ``snb_ml_charge_reference`` (the explicit
+    charge terms, :mod:`snb_ml.models.charge_reference`) from the model.
     """
     from snb_ml.atomic import atomic_path
+    from snb_ml.models.charge_reference import attach_reference
 
     with atomic_path(target) as temporary:
-        if marker_radius is None:
+        if marker_radius is None and reference is None:
             shutil.copyfile(trained, temporary)
         else:
             import torch
 
             model = torch.load(trained, map_location="cpu", weights_only=False)
-            model.snb_ml_marker_radius = float(marker_radius)
+            if marker_radius is not None:
+                model.snb_ml_marker_radius = float(marker_radius)
+            attach_reference(model, reference)
             torch.save(model, temporary)
+
+
+def _explicit_terms(
+    data: dict[str, list], settings: TrainSettings, echo: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the explicit charge terms on the training frames and rewrite the MACE targets and weights."""
+    from snb_ml.models.charge_reference import fit_charge_reference
+
+    reference = None
+    order = settings.reference_order()
+    if order is not None or settings.dielectric is not None:
+        reference = fit_charge_reference(data["train"], settings.dielectric, order=order)
+        fitted = ", ".join(
+            f"{head}: E_ref {value:+.3f} eV, U {reference.curvature(head):+.3f} eV"
+            for head, value in reference.e_ref.items()
+        )
+        echo(
+            "Explicit charge terms: "
+            + (f"per head {fitted}" if fitted else "no reservoir term")
+            + ("; point-charge image term with the given dielectric constant" if reference.dielectric else "")
+        )
+    targets = prepare_targets(data, reference, settings.energy_loss, settings.balance_charge_states)
+    return reference, targets
 
 
 def load_record(model_dir: str | Path) -> dict[str, Any]:
