@@ -78,3 +78,7 @@ from snb_ml.cli_train import evaluate, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate)
+
+from snb_ml.cli_single_step import single_step  # noqa: E402
+
+main.add_command(single_step)
