@@ -77,8 +77,25 @@ def coordinate_errors(predictor, pairs, by=None):
     return table
 
 
-def residual_steps(predictor, pairs, count: int, seed: int = 0):
-    """CHGNet FIRE steps to fmax 0.01 from the prediction and from the start, in one batched run."""
+def _recorded_steps(info) -> int | None:
+    """FIRE steps of the ML tree's own relaxation of this start (same engine, model and fmax)."""
+    output = Path(info["source"])
+    provenance = json.loads((output.parent / "snb_ml_provenance.json").read_text())
+    for record in provenance["distortions"].values():
+        if (record.get("output_folder") or record["folder"]) == output.name:
+            fmax = provenance["settings"]["relax"]["fmax"]
+            return (
+                record["steps"] if record["status"] in ("converged", "high_energy") and fmax == 0.01 else None
+            )
+    return None
+
+
+def residual_steps(predictor, pairs, count: int, remeasure: bool, seed: int = 0):
+    """CHGNet FIRE steps to fmax 0.01 from the prediction and from the start.
+
+    From-start steps are those the ML tree recorded for the same start (the batched engine, CHGNet
+    0.3.0, FIRE, fmax 0.01); ``remeasure`` relaxes the starts again in the same batched run instead.
+    """
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 
@@ -87,19 +104,23 @@ def residual_steps(predictor, pairs, count: int, seed: int = 0):
     from snb_ml.relax import RelaxSettings
 
     rng = np.random.default_rng(seed)
-    chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(count, len(pairs)), replace=False))]
+    usable = [p for p in pairs if remeasure or _recorded_steps(p[2]) is not None]
+    chosen = [usable[i] for i in sorted(rng.choice(len(usable), size=min(count, len(usable)), replace=False))]
     predicted = predictor.predict([m for m, _, _ in chosen])
     with contextlib.redirect_stdout(io.StringIO()):
         model = CHGNet.load(model_name="0.3.0", verbose=False)
     evaluator = ChgnetBatchEvaluator(CHGNetCalculator(model=model, use_device="cpu"))
     jobs = []
-    for index, ((marked, _, _), positions) in enumerate(zip(chosen, predicted, strict=True)):
-        start = marked.atoms.copy()
+    steps = {"start": {}, "predicted": {}}
+    for index, ((marked, _, info), positions) in enumerate(zip(chosen, predicted, strict=True)):
         jump = marked.atoms.copy()
         jump.positions = positions
-        jobs += [BatchJob(("start", index), start), BatchJob(("predicted", index), jump)]
-    steps = {"start": {}, "predicted": {}}
-    converged = {"start": 0, "predicted": 0}
+        jobs.append(BatchJob(("predicted", index), jump))
+        if remeasure:
+            jobs.append(BatchJob(("start", index), marked.atoms.copy()))
+        else:
+            steps["start"][index] = _recorded_steps(info)
+    converged = {"start": 0 if remeasure else len(chosen), "predicted": 0}
     started = time.perf_counter()
     for job, result in relax_batched(jobs, evaluator, RelaxSettings(fmax=0.01, steps=1000)):
         kind, index = job.key
@@ -113,6 +134,7 @@ def residual_steps(predictor, pairs, count: int, seed: int = 0):
     predicted_steps = [steps["predicted"][i] for i in both]
     return {
         "structures": len(both),
+        "from_start": "remeasured in this run" if remeasure else "recorded in the ML tree",
         "converged": converged,
         "start_mean": float(np.mean(start_steps)),
         "predicted_mean": float(np.mean(predicted_steps)),
@@ -174,6 +196,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--frames", type=int, default=2, help="Trajectory frames per relaxation in training")
     parser.add_argument("--residual", type=int, default=24, help="Held-out starts for the residual-step test")
+    parser.add_argument(
+        "--remeasure", action="store_true", help="Relax the starts again (else: ML tree steps)"
+    )
     parser.add_argument("--throughput", type=int, default=2000, help="Structures in the throughput test")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", type=Path, default=None, help="Use this model instead of training one")
@@ -190,7 +215,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    pairs_dir = harvest([args.data / "ml"], args.out / "pairs", (0.7, 0.1, 0.2), args.frames)
+    pairs_dir = harvest([data / "ml" for data in args.data], args.out / "pairs", (0.7, 0.1, 0.2), args.frames)
     model_path = args.model
     if model_path is None:
         model_path = args.out / "model" / "single_step.pt"
@@ -236,7 +261,7 @@ def main() -> None:
         print_mae(f"Real DFT search {dft_tree.name} (POSCAR -> DFT CONTCAR)", results[key])
         print_mae("... by charge", results[key + "_by_charge"])
     if args.residual and "residual_steps" not in results:
-        results["residual_steps"] = residual_steps(predictor, test, args.residual)
+        results["residual_steps"] = residual_steps(predictor, test, args.residual, args.remeasure)
         results_path.write_text(json.dumps(results, indent=1))
     if "residual_steps" in results:
         r = results["residual_steps"]

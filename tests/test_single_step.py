@@ -69,6 +69,18 @@ def test_substitution_interstitial_and_unlocatable_defects():
         mark_defect(complex_, 0, bulk=bulk)
 
 
+def test_charge_is_a_site_feature_of_the_first_shell_and_the_ghost():
+    from snb_ml.models.charge import defect_markers
+
+    atoms, site = _cdte("Unperturbed")
+    predictor = SingleStepPredictor(["Cd", "Te"], TINY)
+    graph = predictor.graph(mark_defect(atoms, -2, site=site))
+    shell = defect_markers(atoms, site)  # the site-charge MACE models' shell
+    assert shell.sum() == 4 and set(np.array(atoms.get_chemical_symbols())[shell > 0]) == {"Te"}
+    assert np.allclose(graph.charge[:-1], -2 * shell) and graph.charge[-1] == -2
+    assert not predictor.graph(mark_defect(atoms, 0, site=site)).charge.any()
+
+
 def test_displacements_are_rotation_equivariant_and_translation_permutation_invariant():
     from scipy.spatial.transform import Rotation
 

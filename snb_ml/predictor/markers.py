@@ -179,16 +179,19 @@ def with_positions(marked: MarkedStructure, positions: np.ndarray) -> MarkedStru
     )
 
 
-def charge_site_markers(marked: MarkedStructure, radius: float | None) -> np.ndarray:
+def charge_site_markers(
+    marked: MarkedStructure, radius: float | None, bond_length: float | None = None
+) -> np.ndarray:
     """``1.0`` for atoms within ``radius`` of the defect site, ``0.0`` elsewhere.
 
     ``None`` uses the site-charge models' default shell (:mod:`snb_ml.models.charge`:
-    ``MARKER_RADIUS_FACTOR`` x the bulk-like bond length), so the predictor and the site-charge MACE
-    models mark the same atoms. Unlike those models no atom is required in the shell: a vacancy's ghost
-    node carries the charge itself.
+    ``MARKER_RADIUS_FACTOR`` x the bulk-like bond length, the median nearest-neighbour distance), so the
+    predictor and the site-charge MACE models mark the same atoms. ``bond_length`` passes that median
+    when the caller already has it (the graph builder takes it from its neighbour list). Unlike those
+    models no atom is required in the shell: a vacancy's ghost node carries the charge itself.
     """
     from snb_ml.models.charge import MARKER_RADIUS_FACTOR, bulk_bond_length
 
     if radius is None:
-        radius = MARKER_RADIUS_FACTOR * bulk_bond_length(marked.atoms)
+        radius = MARKER_RADIUS_FACTOR * (bond_length if bond_length else bulk_bond_length(marked.atoms))
     return (_distances_to(marked.atoms, marked.site) <= radius).astype(float)

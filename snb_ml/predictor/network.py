@@ -55,12 +55,17 @@ class Message(nn.Module):
         self.scalar = _mlp(features, features, 3 * features)
         self.filter = nn.Linear(radial, 3 * features)
 
-    def forward(self, s, v, source, target, unit, radial):
-        """Return ``(ds, dv)`` for every node from the edges ``source -> target``."""
+    def forward(self, s, v, source, target, unit, radial, first: bool = False):
+        """Return ``(ds, dv)`` for every node from the edges ``source -> target``.
+
+        ``first``: the vector features are still zero, so their term is skipped (it is the costliest).
+        """
         f = self.features
         x = self.scalar(s)[source] * self.filter(radial)
         ds, dvv, dvs = torch.split(x, f, dim=-1)
-        dv = v[source] * dvv.unsqueeze(-1) + dvs.unsqueeze(-1) * unit.unsqueeze(1)
+        dv = dvs.unsqueeze(-1) * unit.unsqueeze(1)
+        if not first:
+            dv = dv + v[source] * dvv.unsqueeze(-1)
         out_s = torch.zeros_like(s).index_add_(0, target, ds)
         out_v = torch.zeros_like(v).index_add_(0, target, dv)
         return out_s, out_v
@@ -133,8 +138,8 @@ class SingleStepNet(nn.Module):
             + self.charge_embedding(batch["charge"].unsqueeze(-1))
         )
         v = torch.zeros(s.shape[0], s.shape[1], 3, dtype=s.dtype, device=s.device)
-        for message, update in zip(self.messages, self.updates, strict=True):
-            ds, dv = message(s, v, source, target, unit, radial)
+        for layer, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
+            ds, dv = message(s, v, source, target, unit, radial, first=layer == 0)
             s, v = s + ds, v + dv
             ds, dv = update(s, v)
             s, v = s + ds, v + dv
