@@ -141,6 +141,39 @@ def test_unseen_element_is_refused():
         SingleStepPredictor(["Cd"], TINY).predict([mark_defect(atoms, 0, site=site)])
 
 
+def test_dft_tree_pairs_with_outcar_frames(tmp_path):
+    from ase.io import write
+
+    from snb_ml.data.vasp import read_outcar_frames
+    from snb_ml.predictor.dataset import PairSettings, harvest_pairs
+
+    source = DATA / "vasp" / "MgO_tree"
+    frames = read_outcar_frames(source / "Mg_O_+2" / "Unperturbed" / "OUTCAR.gz")  # 3 real DFT steps
+    folder = tmp_path / "MgO_dft" / "Mg_O_+2" / "Unperturbed"
+    folder.mkdir(parents=True)
+    shutil.copy(source / "Mg_O_+2" / "Unperturbed" / "OUTCAR.gz", folder)
+    write(folder / "POSCAR", frames[0], format="vasp", direct=True)
+    write(folder / "CONTCAR", frames[-1], format="vasp", direct=True)
+    write(tmp_path / "bulk_POSCAR", read_outcar_frames(source / "MgO_bulk" / "OUTCAR.gz")[0], format="vasp")
+    report = harvest_pairs(
+        [tmp_path / "MgO_dft"], [tmp_path / "bulk_POSCAR"], PairSettings(frames=3, fractions=(1, 0, 0)), False
+    )
+    pairs = report.splits["train"]
+    assert [p.info["frame"] for p in pairs] == [0, 1]  # POSCAR -> CONTCAR, and the middle ionic step
+    assert {(p.info["level"], p.info["charge"], p.info["site_method"], p.info["defect"]) for p in pairs} == {
+        ("dft", 2, "bulk", "MgO_dft/Mg_O")
+    }
+    for pair, frame in zip(pairs, frames[:2], strict=True):
+        assert np.allclose(pair.positions, frame.positions, atol=1e-5)
+        assert np.allclose(
+            _minimum_image(pair.arrays["relaxed_positions"] - frames[-1].positions, frame.cell.array),
+            0,
+            atol=1e-5,
+        )
+        [defect] = np.flatnonzero(pair.arrays["defect_marker"])
+        assert pair[defect].symbol == "Mg" and not pair.info["vacancy"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """V_Cu0 distortions relaxed with EMT (an ML tree), harvested to pairs, a tiny model trained on them."""
