@@ -185,12 +185,17 @@ def print_mae(title: str, table: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--data", type=Path, required=True, help="make_single_step_data.py --out of the seen hosts"
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="make_single_step_data.py --out of the seen hosts",
     )
     parser.add_argument("--unseen", type=Path, default=None, help="... of a host left out of training")
     parser.add_argument(
-        "--dft", type=Path, default=DEFAULT_DFT, help="ShakeNBreak DFT search (POSCAR+CONTCAR)"
+        "--dft", type=Path, action="append", default=None, help="ShakeNBreak DFT search(es) (POSCAR+CONTCAR)"
     )
+    parser.add_argument("--bulk", type=Path, action="append", default=[], help="Bulk cells for --dft trees")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--features", type=int, default=64)

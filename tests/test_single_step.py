@@ -40,6 +40,12 @@ def test_vacancy_ghost_node_from_metadata_and_from_bulk():
     assert (from_bulk.kind, from_bulk.method) == ("vacancy", "bulk")
     assert not from_metadata.markers.any() and not from_bulk.markers.any()  # no defect atom
     assert np.allclose(_minimum_image(from_bulk.ghost - from_metadata.ghost, atoms.cell.array), 0, atol=1e-6)
+    # The strongest ShakeNBreak distortion (-60 %) pulls a neighbour to 0.4 bond lengths: still a vacancy.
+    squeezed = atoms.copy()
+    nearest = int(np.argmin(np.linalg.norm(_minimum_image(atoms.positions - site, atoms.cell.array), axis=1)))
+    bond = _minimum_image(atoms.positions[nearest] - site, atoms.cell.array)[0]
+    squeezed.positions[nearest] = site + bond * 0.4 * 2.83 / np.linalg.norm(bond)
+    assert mark_defect(squeezed, 0, site=site).kind == "vacancy"
     graph = SingleStepPredictor(["Cd", "Te"], TINY).graph(from_metadata)
     ghost = len(atoms)
     assert len(graph.species) == ghost + 1
@@ -56,6 +62,10 @@ def test_substitution_interstitial_and_unlocatable_defects():
     marked = mark_defect(substituted, 1, bulk=bulk)
     assert marked.kind == "substitution" and np.flatnonzero(marked.markers).tolist() == [5]
     assert mark_defect(substituted, 1, site=bulk.positions[5]).defect_index == 5
+    # ShakeNBreak (with doped entries) rattles the substituent too: still found 0.6 Å off its site.
+    rattled = substituted.copy()
+    rattled.positions[5] += [0.4, -0.3, 0.33]
+    assert mark_defect(rattled, 1, site=bulk.positions[5]).defect_index == 5
     interstitial = bulk.copy()
     interstitial.append("Te")
     interstitial.positions[-1] = bulk.positions[0] + 0.75 * 6.48  # an empty tetrahedral site
