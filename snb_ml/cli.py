@@ -117,3 +117,7 @@ main.add_command(evaluate)
 from snb_ml.cli_recall import recall  # noqa: E402
 
 main.add_command(recall)
+
+from snb_ml.cli_single_step import single_step  # noqa: E402
+
+main.add_command(single_step)

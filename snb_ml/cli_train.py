@@ -121,6 +121,14 @@ def _level_options(command):
 @click.command("train", context_settings=CONTEXT_SETTINGS)
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
+    "--kind",
+    type=click.Choice(["mace", "single-step"]),
+    default="mace",
+    show_default=True,
+    help="mace: a charge-aware force field on an `snb-ml dataset` folder; single-step: the relaxed-"
+    "structure predictor on an `snb-ml single-step dataset` folder (docs: single_step).",
+)
+@click.option(
     "--output", "-o", "model_dir", required=True, type=click.Path(file_okay=False), help="Output folder."
 )
 @click.option("--name", default="defect_model", show_default=True, help="Model name: MODEL_DIR/<name>.model.")
@@ -157,13 +165,23 @@ def _level_options(command):
 @click.option("--restart", is_flag=True, help="Resume from the latest checkpoint in MODEL_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar; print MACE's epoch lines instead.")
 @_charge_physics_options
-def train(dataset_dir, model_dir, name, foundation, charge_mode, epochs, device, seed, batch_size, lr,
+def train(dataset_dir, kind, model_dir, name, foundation, charge_mode, epochs, device, seed, batch_size, lr,
           start_stage_two, channels, r_max, threads, restart, quiet, physics) -> None:  # fmt: skip
     """Train or fine-tune a charge-aware (and multi-fidelity) MACE model on an `snb-ml dataset` folder.
 
     One readout head is trained per level of theory found in the dataset (e.g. pbe and hse on a shared
     body). The result, MODEL_DIR/<name>.model, works with `snb-ml run --relaxer mace --model FILE`.
+    With --kind single-step: the relaxed-structure predictor, MODEL_DIR/<name>.pt, for
+    `snb-ml run --relaxer predict --model FILE`.
     """
+    if kind == "single-step":
+        from snb_ml.predictor.training import train_from_cli
+
+        try:
+            train_from_cli(click.get_current_context(), dataset_dir, model_dir, click.echo, not quiet)
+        except SnbMlError as exc:
+            _fail(exc)
+        return
     from snb_ml.training.config import TrainSettings
     from snb_ml.training.trainer import train_model
 
