@@ -101,7 +101,7 @@ def report_table(report: dict[str, Any]) -> str:
             _fmt(overall.get("force_rmse"), 1000),
         ]
     )
-    headers = ["frames", "n", "E MAE (meV)", "E MAE (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
+    headers = ["frames", "n", "E MAE (meV/cell)", "E MAE (meV/atom)", "F MAE (meV/Å)", "F RMSE (meV/Å)"]
     lines = [tabulate(rows, headers=headers)]
     relative = report["relative_energy"]
     spearman = report["spearman"]
