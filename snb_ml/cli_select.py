@@ -76,9 +76,7 @@ def select(ml_tree, defect, threshold, window, neighbours, policy, noise, dft_tr
             restored = undo_handoff(Path(dft_tree), list(defect) or None)
             tree = Path(dft_tree).resolve()
             where = tree.parent if restored == [tree.name] and not (tree / tree.name).is_dir() else tree
-            click.echo(
-                f"Restored {', '.join(restored)} in {where} as before the hand-off (byte-identical)."
-            )
+            click.echo(f"Restored {', '.join(restored)} in {where} as before the hand-off (byte-identical).")
             return
         from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
         from snb_ml.minima.trust import ENERGY_NOISE

@@ -235,7 +235,7 @@ def test_training_refuses_mace_options_and_other_datasets(trained, tmp_path):
          str(trained / "model" / "single_step.pt")],
         tmp_path,
     )  # fmt: skip
-    assert mace_only.returncode == 1 and "--foundation apply to --kind mace only" in mace_only.stderr
+    assert mace_only.returncode == 1 and "--foundation apply to force-field training only" in mace_only.stderr
     (tmp_path / "frames").mkdir()
     (tmp_path / "frames" / "dataset.json").write_text(json.dumps({"inputs": []}))
     from snb_ml.predictor.training import SingleStepTrainSettings, train_single_step

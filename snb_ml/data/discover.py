@@ -7,6 +7,8 @@ Recognised layouts (any depth below the paths given):
 - flat: ``<defect>_<charge>/OUTCAR``.
 - bulk: any calculation with ``bulk`` in a folder name of its path (case-insensitive).
 - snb_ml ML trees: ``<ml_tree>/<defect>/<distortion>/snb_ml_trajectory.extxyz`` (only when asked).
+- ShakeNBreak minima: ``<defect>_<charge>/<distortion>/CONTCAR`` without OUTCAR/vasprun.xml, with the
+  energy in ``<defect>_<charge>/<defect>_<charge>.yaml`` (see :mod:`snb_ml.data.minima`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from snb_ml.data.minima import CONTCAR, MINIMUM, TRAJECTORY, is_minimum_folder
 from snb_ml.data.vasp import output_files
 from snb_ml.snbtree import TRAJECTORY_FILE, is_distortion_dir, split_charge
 
@@ -31,6 +34,7 @@ class Calculation:
     defect_folder: Path
     kind: str  # "defect", "bulk" or "ml"
     files: tuple[Path, ...]
+    label: str = TRAJECTORY  # "trajectory" (ionic steps) or "minimum" (CONTCAR + yaml energy)
 
     @property
     def relaxation(self) -> str:
@@ -70,7 +74,8 @@ def find_calculations(paths: list[Path], include_ml: bool = False) -> list[Calcu
     """Every calculation folder below ``paths``, sorted by path.
 
     Folders named ``*_High_Energy`` (ShakeNBreak's discarded distortions) are still harvested: their
-    frames are real DFT data.
+    frames are real DFT data. A distortion folder without VASP output but with a ``CONTCAR`` and its
+    defect's ``{defect}.yaml`` is a labelled minimum (``label == "minimum"``).
 
     Args:
         paths: Top-level folders (or single calculation folders).
@@ -88,6 +93,10 @@ def find_calculations(paths: list[Path], include_ml: bool = False) -> list[Calcu
                 continue
             files = output_files(folder)
             if not files:
+                if is_minimum_folder(folder):
+                    found[folder] = Calculation(
+                        folder, root, folder.parent, "defect", (folder / CONTCAR,), MINIMUM
+                    )
                 continue
             kind = "bulk" if _is_bulk(folder, root) else "defect"
             found[folder] = Calculation(folder, root, _defect_folder(folder, root), kind, tuple(files))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from snb_ml.data.discover import Calculation
+from snb_ml.data.minima import LABEL_KIND_KEY, MINIMUM, TRAJECTORY, read_minimum
 from snb_ml.data.vasp import (
     OutcarInfo,
     UnreadableFile,
@@ -60,6 +61,8 @@ def harvest_calculation(calculation: Calculation) -> Harvested:
     """
     if calculation.kind == "ml":
         return _harvest_ml(calculation)
+    if calculation.label == MINIMUM:
+        return _harvest_minimum(calculation)
     result = Harvested(calculation)
     incar = read_incar(calculation.folder)
     offset = 0
@@ -129,9 +132,32 @@ def _label(atoms, calculation: Calculation, path: Path, index: int, charge: int,
             "relaxation": calculation.relaxation,
             "frame": int(index),
             "source": str(path),
+            LABEL_KIND_KEY: TRAJECTORY,
         }
     )
     return frame
+
+
+def _harvest_minimum(calculation: Calculation) -> Harvested:
+    """One ``CONTCAR`` + yaml minimum: the yaml energy, zero forces, no stress, ``label_kind = minimum``.
+
+    Its head is the functional of an INCAR in the distortion or defect folder; without one it stays
+    ``None`` here and :func:`snb_ml.data.harvest.harvest` assigns it (see there).
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    result = Harvested(calculation)
+    record, reason = read_minimum(calculation.folder)
+    if record is None:
+        result.messages.append(str(reason))
+        return result
+    atoms = record.atoms
+    atoms.calc = SinglePointCalculator(atoms, energy=record.energy, forces=np.zeros((len(atoms), 3)))
+    frame = _label(atoms, calculation, calculation.files[0], 0, record.charge, record.head or "")
+    frame.info[LABEL_KIND_KEY] = MINIMUM
+    result.frames.append(frame)
+    result.charge, result.head = record.charge, record.head
+    return result
 
 
 def _harvest_ml(calculation: Calculation) -> Harvested:

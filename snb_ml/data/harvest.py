@@ -18,14 +18,19 @@ from snb_ml.atomic import atomic_path, write_text
 from snb_ml.data.discover import find_calculations
 from snb_ml.data.filters import FilterSettings, apply_filters
 from snb_ml.data.frames import CHARGE_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY, harvest_calculation
+from snb_ml.data.minima import LABEL_KIND_KEY, MINIMUM, same_structure
 from snb_ml.data.sites import locate_site
 from snb_ml.data.splits import SPLITS, split_frames
 from snb_ml.errors import InputError, OutputError
 
 ENERGY_CONVENTION = (
     "REF_energy is VASP's energy(sigma->0) (ASE 'energy'; what ShakeNBreak's snb-parse and doped use); "
-    "REF_free_energy is the free energy TOTEN. Forces eV/Å, stress eV/Å^3 (ASE sign: positive = tensile)."
+    "REF_free_energy is the free energy TOTEN. Forces eV/Å, stress eV/Å^3 (ASE sign: positive = tensile). "
+    "Frames with label_kind 'minimum' are CONTCAR + {defect}.yaml minima (no OUTCAR): their energy is the "
+    "yaml's, their REF_forces are zeros (a converged DFT minimum) and they carry no stress."
 )
+#: Head given to yaml minima when no INCAR and no harvested OUTCAR of the same input path names one.
+DEFAULT_MINIMA_HEAD = "pbe"
 INFO_KEYS = (
     ENERGY_KEY,
     STRESS_KEY,
@@ -41,6 +46,7 @@ INFO_KEYS = (
     "split",
     "defect_site",
     "defect_site_method",
+    LABEL_KIND_KEY,
 )
 
 
@@ -70,12 +76,14 @@ class HarvestReport:
     def rows(self) -> list[dict[str, Any]]:
         """Frames and relaxations per config type, defect, charge, head and split."""
         counts: Counter = Counter()
+        minima: Counter = Counter()
         relaxations: dict[tuple, set] = {}
         for split, frames in self.splits.items():
             for frame in frames:
                 info = frame.info
                 key = (info["config_type"], info["defect"], info["charge_state"], info["head"], split)
                 counts[key] += 1
+                minima[key] += info.get(LABEL_KIND_KEY) == MINIMUM
                 relaxations.setdefault(key, set()).add(info["relaxation"])
         return [
             {
@@ -86,6 +94,7 @@ class HarvestReport:
                 "split": key[4],
                 "frames": counts[key],
                 "relaxations": len(relaxations[key]),
+                "minima": minima[key],
             }
             for key in sorted(counts, key=lambda k: (k[0], k[1], k[2], k[3], SPLITS.index(k[4])))
         ]
@@ -168,6 +177,7 @@ def harvest(paths: list[str | Path], settings: HarvestSettings, progress: bool =
     frames, unconverged, messages, skipped = [], set(), [], []
     bulk_references: dict[Path, list] = {}
     defect_folders: dict[str, Path] = {}
+    roots: dict[str, Path] = {}
     bar = tqdm(calculations, unit="folder", disable=not progress, desc="Harvesting")
     for calculation in bar:
         bar.set_postfix_str(calculation.relaxation[-40:])
@@ -179,11 +189,19 @@ def harvest(paths: list[str | Path], settings: HarvestSettings, progress: bool =
         frames += harvested.frames
         unconverged.update((calculation.relaxation, index) for index in harvested.unconverged)
         defect_folders[calculation.relaxation] = calculation.defect_folder
+        roots[calculation.relaxation] = calculation.root
         if calculation.kind == "bulk" and harvested.frames:
             bulk_references.setdefault(calculation.root, []).append(harvested.frames[0])
     read_frames = len(frames)
+    frames, notes = _settle_minima(frames, roots, defect_folders)
+    repeated = read_frames - len(frames)
+    for message in notes:
+        if progress:
+            print(message, file=sys.stderr)
+    messages += notes
     _check_heads(frames)
     kept, removed = apply_filters(frames, unconverged, settings.filters)
+    removed = {"repeated yaml minimum (same structure)": repeated, **removed}
     if not kept:
         details = "; ".join(f"{name}: {count}" for name, count in removed.items())
         raise InputError(
@@ -196,6 +214,55 @@ def harvest(paths: list[str | Path], settings: HarvestSettings, progress: bool =
     report = HarvestReport(splits, removed, read_frames, skipped, messages, unknown)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _settle_minima(
+    frames: list, roots: dict[str, Path], defect_folders: dict[str, Path]
+) -> tuple[list, list[str]]:
+    """Give yaml minima without an INCAR a head, and drop exact repeats of a defect's minimum.
+
+    A minimum's head is the functional of an INCAR next to it; without one, the single head of the
+    OUTCAR frames harvested from the same input path (a tree keeps one functional), else the single
+    head of every OUTCAR frame of this harvest (a tree of minima given next to the OUTCARs of the same
+    project), else :data:`DEFAULT_MINIMA_HEAD` with a message.
+
+    Returns:
+        The kept frames and the messages.
+    """
+    notes: list[str] = []
+    trajectory_heads: dict[Path, set[str]] = {}
+    for frame in frames:
+        if frame.info.get(LABEL_KIND_KEY) != MINIMUM and frame.info["config_type"] != "ml":
+            trajectory_heads.setdefault(roots[frame.info["relaxation"]], set()).add(frame.info["head"])
+    kept: list = []
+    seen: dict[Path, list] = {}
+    defaulted: set[Path] = set()
+    for frame in frames:
+        if frame.info.get(LABEL_KIND_KEY) != MINIMUM:
+            kept.append(frame)
+            continue
+        relaxation = frame.info["relaxation"]
+        if not frame.info["head"]:
+            heads = trajectory_heads.get(roots[relaxation]) or set().union(*trajectory_heads.values())
+            frame.info["head"] = next(iter(heads)) if len(heads) == 1 else DEFAULT_MINIMA_HEAD
+            if len(heads) != 1:
+                defaulted.add(defect_folders[relaxation])
+        folder = defect_folders[relaxation]
+        twin = next((other for other in seen.get(folder, []) if same_structure(other, frame)), None)
+        if twin is not None:
+            notes.append(
+                f"{frame.info['source']}: the same structure as {twin.info['source']}; "
+                "harvested once (as the latter)"
+            )
+            continue
+        seen.setdefault(folder, []).append(frame)
+        kept.append(frame)
+    for folder in sorted(defaulted):
+        notes.append(
+            f"{folder}: no INCAR and no OUTCAR of one functional next to its yaml minima; "
+            f"their head is taken to be '{DEFAULT_MINIMA_HEAD}'"
+        )
+    return kept, notes
 
 
 def _check_heads(frames: list) -> None:
@@ -233,7 +300,8 @@ def write_dataset(
     rows = report.rows()
     buffer = io.StringIO()
     writer = csv.DictWriter(
-        buffer, fieldnames=["config_type", "defect", "charge", "head", "split", "frames", "relaxations"]
+        buffer,
+        fieldnames=["config_type", "defect", "charge", "head", "split", "frames", "relaxations", "minima"],
     )
     writer.writeheader()
     writer.writerows(rows)

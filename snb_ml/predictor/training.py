@@ -312,7 +312,13 @@ def _resume(path: Path, predictor, optimizer, settings, elements, rng) -> tuple[
 
 
 #: ``snb-ml train`` options that only make sense for MACE.
-_MACE_ONLY = ("foundation", "charge_mode", "start_stage_two")
+#: ``snb-ml train`` options that only mean something for a force field (MACE or CHGNet).
+_FORCE_FIELD_ONLY = (
+    "base", "foundation", "charge_mode", "start_stage_two", "charge_reference", "dielectric", "model",
+    "freeze",
+    "energy_loss", "energy_weight", "force_weight", "stress_weight", "energy_reference", "minima_forces",
+    "augment", "rattle", "head",
+)  # fmt: skip
 
 
 def train_from_cli(
@@ -320,8 +326,7 @@ def train_from_cli(
 ) -> Path:
     """``snb-ml train --kind single-step``: map the shared options, refuse the MACE-only ones.
 
-    Options left at their MACE defaults (``--channels 16``, ``--batch-size 2``, ``--name defect_model``)
-    take the predictor's defaults instead.
+    Options not given take the predictor's defaults.
 
     Args:
         context: The click context of ``snb-ml train`` (to tell given options from defaults).
@@ -340,22 +345,23 @@ def train_from_cli(
     def given(name: str) -> bool:
         return context.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    refused = [f"--{n.replace('_', '-')}" for n in _MACE_ONLY if given(n)]
+    refused = [f"--{n.replace('_', '-')}" for n in _FORCE_FIELD_ONLY if n in params and given(n)]
     if refused:
         raise InputError(
-            f"{', '.join(refused)} apply to --kind mace only; the single-step predictor always reads the "
+            f"{', '.join(refused)} apply to force-field training only (--kind force-field); the single-step "
+            "predictor always reads the "
             "charge as a site feature and trains from scratch."
         )
     defaults = SingleStepTrainSettings()
     settings = SingleStepTrainSettings(
         name=params["name"] if given("name") else defaults.name,
-        epochs=params["epochs"],
+        epochs=params["epochs"] if given("epochs") else defaults.epochs,
         batch_size=params["batch_size"] if given("batch_size") else defaults.batch_size,
-        lr=params["lr"],
-        seed=params["seed"],
+        lr=params["lr"] if given("lr") else defaults.lr,
+        seed=params["seed"] if given("seed") else defaults.seed,
         device=params["device"],
         features=params["channels"] if given("channels") else defaults.features,
-        cutoff=params["r_max"],
+        cutoff=params["r_max"] if given("r_max") else defaults.cutoff,
         threads=params["threads"],
         restart=params["restart"],
     )
