@@ -1,4 +1,4 @@
-"""Time per round of ``snb-ml loop`` (harvest, score, fine-tune, re-screen, select, hand off) with CHGNet on CPU.
+"""Time per round of ``snb-ml loop`` (harvest, score, fine-tune, re-screen, hand off) with CHGNet on CPU.
 
 One defect, V_Cd0 in 63-atom CdTe (the published ShakeNBreak search in
 ``examples/dft_searches/CdTe_vac_1_Cd_0``): the loop's tree holds ``--starts`` of its 26 starting
