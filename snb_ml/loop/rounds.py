@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.errors import InputError, OutputError, SnbMlError
+from snb_ml.errors import InputError, OutputError
 from snb_ml.loop.state import DftResult, LoopState, RoundRecord, new_state, read_state, write_state
 from snb_ml.loop.trainers import get_trainer
 
@@ -505,6 +505,3 @@ def format_status(state: LoopState) -> str:
     for note in state.rounds[-1].notes if state.rounds else []:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
-
-
-__all__ = ["init_loop", "run_round", "format_status", "SnbMlError", "OutputError"]
