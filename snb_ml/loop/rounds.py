@@ -478,19 +478,20 @@ def format_status(state: LoopState) -> str:
             r.index,
             sum(len(v) for v in r.harvested.values()),
             r.dft_total,
-            f"{fmt(r.error_before, 'relative_energy_mae')} / {fmt(r.error_before, 'force_mae')}",
-            f"{fmt(r.error_after, 'relative_energy_mae')} / {fmt(r.error_after, 'force_mae')}",
+            " / ".join(fmt(r.error_before, k) for k in ("energy_mae", "relative_energy_mae", "force_mae")),
+            " / ".join(fmt(r.error_after, k) for k in ("energy_mae", "relative_energy_mae", "force_mae")),
             ("new: " + ", ".join(r.ground_state_changed) + "; " if r.ground_state_changed else "") + gs,
             sum(len(v) for v in r.handed_off.values()),
             f"{r.seconds.get('total', 0):.0f}",
         ])  # fmt: skip
-    headers = ["round", "DFT new", "DFT total", "before: rel. E / F MAE", "after", "ground state (eV)",
+    headers = ["round", "DFT new", "DFT total", "before: E / rel. E / F MAE", "after", "ground state (eV)",
                "to DFT", "s"]  # fmt: skip
     lines = [
         f"Loop {state.loop_dir} on {state.tree} ({state.trainer}, policy {state.policy})",
         tabulate(rows, headers=headers) if rows else "(no round yet)",
-        "Errors: relative energy MAE (eV/cell, offset per defect removed) / force MAE (eV/Å) on the DFT data "
-        "new in that round, before (previous model, unseen data) and after fine-tuning on it.",
+        "Errors on the DFT data new in that round, before (previous model: unseen data) and after "
+        "fine-tuning on it: energy MAE (eV/cell), the same with one offset per defect removed, force "
+        "MAE (eV/Å).",
     ]
     if state.pending_dir:
         listed = "; ".join(f"{d}: {', '.join(n)}" for d, n in state.pending.items())
