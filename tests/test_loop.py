@@ -7,6 +7,7 @@ two +-60 % starts, and the round-0 model relaxes every start to the tetrahedral 
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 from conftest import run_cli
@@ -191,3 +192,25 @@ def test_loop_cli_init_status_and_one_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("Error:") == 1 and "snb-ml loop init" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chgnet_trainer_refuses_one_frame_and_elements_beyond_its_table(tmp_path):
+    from ase import Atoms
+
+    from snb_ml.loop.trainers import get_trainer
+
+    trainer = get_trainer("chgnet")
+
+    def frame(symbols):
+        atoms = Atoms(symbols, positions=[[0, 0, 0], [1.5, 1.5, 1.5]], cell=[4, 4, 4], pbc=True)
+        atoms.info.update(REF_energy=-5.0, head="pbe", config_type="defect")
+        atoms.arrays["REF_forces"] = np.zeros((2, 3))
+        return atoms
+
+    with pytest.raises(InputError, match="1 frame"):
+        trainer.check_frames([frame("CdTe")], None)
+    with pytest.raises(InputError, match="Cf"):  # Z = 98: CHGNet embeds up to 94
+        trainer.check_frames([frame("CdTe"), frame("CfTe")], None)
+    trainer.check_frames([frame("CdTe"), frame("CdTe")], None)
+    with pytest.raises(InputError, match="Unknown loop trainer"):
+        get_trainer("mace-loop")
