@@ -5,7 +5,8 @@ Data (real DFT, ShakeNBreak's test data, MIT; committed under examples/snb_dft/C
 - ``earlier_search/v_Cd_0``: 8 DFT final structures (``CONTCAR``) of V_Cd0 in 64-atom CdTe with their
   energies (``v_Cd_0.yaml``): three Te-Te dimers 0.75 eV below five open structures. This is the
   "earlier search" a model is fine-tuned on (harvested by ``snb-ml dataset`` as yaml minima).
-- ``unseen_starts/vac_1_Cd_0``: 26 ShakeNBreak starting structures (``POSCAR``) of another search of the
+- ``examples/dft_searches/CdTe_vac_1_Cd_0/vac_1_Cd_0`` (the fixture of ``snb-ml recall``): 26 ShakeNBreak
+  starting structures (``POSCAR``, with their DFT ``CONTCAR``, not used here) of another search of the
   same defect (different rattle; 18 of the 26 distortions never appear in training) and the DFT
   energies of their relaxations (``vac_1_Cd_0.yaml``: 14 reach the dimer, 12 the open structure).
 
@@ -46,6 +47,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "examples" / "snb_dft" / "CdTe_v_Cd"
+UNSEEN = HERE.parent / "examples" / "dft_searches" / "CdTe_vac_1_Cd_0"
 DIMER_CUTOFF = 3.0  # Å: bulk Te-Te is 4.6 Å, the DFT dimer 2.75 Å
 DFT_GAP = None  # filled from the yaml
 
@@ -107,7 +109,8 @@ def relax_unseen(model: str | None, unseen: Path, out: Path, threads: int, fmax:
     tree = out / "unseen_starts"
     if tree.exists():
         shutil.rmtree(tree)
-    shutil.copytree(unseen, tree, ignore=shutil.ignore_patterns("*.yaml"))
+    # Starts only: the DFT results (yaml energies, CONTCARs) stay out of the tree the model relaxes.
+    shutil.copytree(unseen, tree, ignore=shutil.ignore_patterns("*.yaml", "CONTCAR", "LICENSE*"))
     start = time.perf_counter()
     run_tree(
         tree,
@@ -309,7 +312,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="Work folder (results cached per recipe).")
     parser.add_argument("--earlier", type=Path, default=DATA / "earlier_search", help="Training search.")
     parser.add_argument(
-        "--unseen", type=Path, default=DATA / "unseen_starts", help="Unseen starts + DFT yaml."
+        "--unseen", type=Path, default=UNSEEN, help="Unseen starts + DFT yaml."
     )
     parser.add_argument(
         "--recipes", default="stock," + ",".join(RECIPES), help="Comma-separated recipe names."

@@ -121,3 +121,7 @@ main.add_command(recall)
 from snb_ml.cli_single_step import single_step  # noqa: E402
 
 main.add_command(single_step)
+
+from snb_ml.cli_loop import loop  # noqa: E402
+
+main.add_command(loop)
