@@ -64,9 +64,12 @@ def _outputs(cell) -> list[tuple[str, str]]:
     return result
 
 
+#: Durations ("in 2.4 s", "(156 s)") and object addresses ("at 0x7f...") are not results.
+NOT_RESULTS = re.compile(r"[-+]?\d+(?:\.\d+)?\s?s\b|0x[0-9a-fA-F]+")
+
+
 def _numbers(text: str) -> list[float]:
-    # Hex addresses (<object at 0x7f...>) are not results.
-    return [float(n) for n in NUMBER.findall(re.sub(r"0x[0-9a-fA-F]+", "", text))]
+    return [float(n) for n in NUMBER.findall(NOT_RESULTS.sub("", text))]
 
 
 def compare_notebooks(stored, fresh, name: str) -> None:
