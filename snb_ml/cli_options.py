@@ -37,6 +37,35 @@ ML_PARAMETER_NAMES = (
 )
 
 
+class DeviceType(click.ParamType):
+    """``--device``: one of a few names or ``cuda:N``; anything else fails at parse time, naming the option.
+
+    Args:
+        allowed: Plain names accepted besides ``cuda:N``.
+    """
+
+    name = "device"
+
+    def __init__(self, allowed: tuple[str, ...] = ("auto", "cpu", "cuda")):
+        self.allowed = allowed
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: D102
+        return "[" + "|".join((*self.allowed, "cuda:N")) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return the device name, or fail with the names accepted."""
+        from snb_ml.errors import ModelError
+        from snb_ml.relaxers.base import check_device_name
+
+        try:
+            return check_device_name(str(value).strip(), self.allowed)
+        except ModelError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEVICE = DeviceType()
+
+
 def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
     """The click options of an ML relaxation run.
 
@@ -56,7 +85,11 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
         ),
         click.Option(["--head"], default=None, help="Readout head of a multi-head model (e.g. pbe, hse)."),
         click.Option(
-            ["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+            ["--device"],
+            default="auto",
+            show_default=True,
+            type=DEVICE,
+            help="Where the model runs: auto (a GPU if torch sees one), cpu, cuda or cuda:N.",
         ),
         click.Option(
             ["--dtype"],

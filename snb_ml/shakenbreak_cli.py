@@ -31,6 +31,9 @@ def extend_run_command(cli_module: ModuleType) -> None:
         ml_options = {name: kwargs.pop(name) for name in ML_PARAMETER_NAMES if name in kwargs}
         if ml_options.get("relaxer") is None:
             return original(**kwargs)
+        from snb_ml.logs import setup_logging
+
+        setup_logging(1 if kwargs.get("verbose") else 0)  # snb-run's own -v/--verbose
         # Same folder logic as ShakeNBreak's snb-run: a defect folder, or all defects below cwd.
         return run_from_cli(".", None, ml_options)
 
