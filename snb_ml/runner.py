@@ -117,7 +117,11 @@ def load_model(settings: RunSettings) -> LoadedModel:
     start = time.perf_counter()
     loaded = backend.load(request)
     LOGGER.info(
-        "loaded %s (%s) on %s in %.1f s", loaded.name, loaded.version, request.device, time.perf_counter() - start
+        "loaded %s (%s) on %s in %.1f s",
+        loaded.name,
+        loaded.version,
+        request.device,
+        time.perf_counter() - start,
     )
     return loaded
 
