@@ -132,8 +132,12 @@ class RelaxerBackend:
         Raises:
             ModelError: If the backend fails to build a calculator.
         """
+        import logging
+        import time
+
         from snb_ml.errors import SnbMlError
 
+        start = time.perf_counter()
         try:
             result = self.factory(request)
         except SnbMlError:
@@ -143,13 +147,20 @@ class RelaxerBackend:
                 f"Relaxer '{self.name}' could not load its model ({type(exc).__name__}: {exc}). "
                 "Check --model/--device/--dtype, or try --relaxer chgnet (offline default)."
             ) from exc
-        if isinstance(result, LoadedModel):
-            return result
-        return LoadedModel(
-            calculator=result,
-            name=f"{self.name}:{type(result).__name__}",
-            version=self.distribution or "unknown",
+        if not isinstance(result, LoadedModel):
+            result = LoadedModel(
+                calculator=result,
+                name=f"{self.name}:{type(result).__name__}",
+                version=self.distribution or "unknown",
+            )
+        logging.getLogger(__name__).info(
+            "loaded %s (%s) on %s in %.1f s",
+            result.name,
+            result.version,
+            request.device,
+            time.perf_counter() - start,
         )
+        return result
 
 
 DEVICE_NAMES = ("auto", "cpu", "cuda")
