@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import time
 import warnings
@@ -55,8 +54,6 @@ from snb_ml.snbtree import (
 )
 
 LOCK_FILE = ".snb_ml.lock"
-
-LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,16 +111,7 @@ def load_model(settings: RunSettings) -> LoadedModel:
         dtype=settings.dtype,
         options=dict(settings.calculator_options),
     )
-    start = time.perf_counter()
-    loaded = backend.load(request)
-    LOGGER.info(
-        "loaded %s (%s) on %s in %.1f s",
-        loaded.name,
-        loaded.version,
-        request.device,
-        time.perf_counter() - start,
-    )
-    return loaded
+    return backend.load(request)
 
 
 def _load_provenance(ml_dir: Path) -> dict[str, Any]:
