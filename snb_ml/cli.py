@@ -113,6 +113,10 @@ main.add_command(select)
 main.add_command(pairs)
 main.add_command(free_energy)
 
+from snb_ml.cli_thermo_tree import attach_terms_command  # noqa: E402
+
+main.add_command(attach_terms_command)
+
 from snb_ml.cli_dataset import dataset, pick_hybrid  # noqa: E402
 
 main.add_command(dataset)

@@ -17,8 +17,8 @@ from snb_ml.thermo.phonons import (
     formation_vibrational_free_energy,
     harmonic_free_energy,
     load_free_energy_json,
-    quasi_harmonic_free_energy,
 )
+from snb_ml.thermo.qha import quasi_harmonic_free_energy
 
 TEMPS = np.array([0.0, 1.0, 100.0, 300.0, 1000.0, 3000.0])
 THZ_TO_EV = 4.135667696e-3
