@@ -58,6 +58,7 @@ def build_cu_thermo(repeat: int = 2) -> DefectThermodynamics:
     """
     unit = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]])
     bulk = unit * repeat
+    e_bulk = MU_CU * len(bulk)
     entries = []
     for q, ef0 in [(0, 1.2), (-1, 1.6)]:
         dsc = bulk.copy()
@@ -66,8 +67,8 @@ def build_cu_thermo(repeat: int = 2) -> DefectThermodynamics:
             DefectEntry(
                 defect=Vacancy(bulk, bulk[0]),
                 charge_state=q,
-                sc_entry=ComputedStructureEntry(dsc, E_BULK + ef0 - q * VBM - MU_CU),
-                bulk_entry=ComputedStructureEntry(bulk, E_BULK),
+                sc_entry=ComputedStructureEntry(dsc, e_bulk + ef0 - q * VBM - MU_CU),
+                bulk_entry=ComputedStructureEntry(bulk, e_bulk),
                 sc_defect_frac_coords=tuple(bulk[0].frac_coords),
                 degeneracy_factors={"spin degeneracy": 1, "orientational degeneracy": 1},
                 calculation_metadata={"vbm": VBM, "relaxed point symmetry": "Oh", "bulk site symmetry": "Oh"},
