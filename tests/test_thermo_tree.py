@@ -170,3 +170,61 @@ def _folder_key(source):
     from snb_ml.data.minima import yaml_key
 
     return str(yaml_key(Path(source).parent.name))
+
+
+def test_real_cdte_doped_object_attach_terms(tmp_path):
+    """doped's published CdTe data (v_Cd and Cd_Te, trimmed) + CHGNet ΔF_vib of V_Cd from a tree run."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    thermo = root / "tests" / "data" / "doped" / "CdTe_vCd_CdTe_thermo.json.gz"
+    fvib = root / "examples" / "doped_thermo" / "data" / "CdTe_v_Cd_fvib_tree.json"
+    output = tmp_path / "CdTe_ft.json.gz"
+    result = CliRunner().invoke(
+        main, ["attach-terms", "--thermo", str(thermo), "--free-energies", str(fvib), "-o", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "DefectThermodynamics.from_json" in result.output
+    with_terms, base = _load(output), _load(thermo)
+    assert sorted(with_terms.terms) == ["v_Cd_-1", "v_Cd_-2", "v_Cd_0"]
+    kwargs = {"temperature": 873, "fermi_level": 0.8, "limit": "Te-rich"}
+    on = with_terms.get_equilibrium_concentrations(**kwargs)
+    with_terms.disable_term("vib")
+    doped = base.get_equilibrium_concentrations(**kwargs)
+    pd.testing.assert_frame_equal(
+        with_terms.get_equilibrium_concentrations(**kwargs), doped, check_exact=True
+    )
+    pd.testing.assert_frame_equal(
+        with_terms.get_formation_energies(limit="Te-rich"), base.get_formation_energies(limit="Te-rich"),
+        check_exact=True,
+    )  # fmt: skip
+    assert with_terms.get_transition_levels().equals(base.get_transition_levels())
+    # Terms on: V_Cd concentrations scale by exp(-ΔF_vib(873 K)/kT) (ΔF_vib ≈ +0.10 eV), the rest unchanged.
+    fe = json.loads(fvib.read_text())
+    temps = np.array(fe["temperatures"])
+    column = "Concentration (cm^-3)"
+    for (defect, charge), row in doped.iterrows():
+        ratio = float(on.loc[(defect, charge), column]) / float(row[column])
+        name = f"v_Cd_{charge}" if defect == "v_Cd" else None
+        if name is None:
+            assert ratio == 1.0, (defect, charge)
+            continue
+        delta = np.interp(873, temps, fe["defects"][name]["delta_free_energy"])
+        assert 0.05 < delta < 0.15
+        assert ratio == pytest.approx(np.exp(-delta / (K_B * 873)), rel=1e-3)
+    refused = CliRunner().invoke(
+        main,
+        [
+            "attach-terms",
+            "--thermo",
+            str(thermo),
+            "--free-energies",
+            str(thermo),
+            "-o",
+            str(tmp_path / "x.json"),
+        ],
+    )
+    assert (
+        refused.exit_code == 1 and "pass the JSON written by `snb-ml free-energy --thermo`" in refused.output
+    )
+    assert not (tmp_path / "x.json").exists()
