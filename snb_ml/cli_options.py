@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
@@ -34,6 +35,9 @@ ML_PARAMETER_NAMES = (
     "batch_size",
     "executor",
     "scheduler",
+    "cluster",
+    "cluster_kwargs",
+    "jobs",
 )
 
 
@@ -172,6 +176,26 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
             metavar="ADDRESS",
             help="Dask scheduler address for --executor dask, e.g. tcp://node01:8786.",
         ),
+        click.Option(
+            ["--cluster"],
+            default=None,
+            type=click.Choice(["local", "slurm", "pbs", "sge", "lsf", "htcondor"]),
+            help="Start a Dask cluster for --executor dask instead of --scheduler: slurm/pbs/... submit "
+            "worker jobs with dask-jobqueue (pip install 'snb_ml[hpc]'); local runs workers here.",
+        ),
+        click.Option(
+            ["--cluster-kwargs", "cluster_kwargs"],
+            default=None,
+            metavar="JSON",
+            help='Arguments of the cluster, e.g. \'{"cores": 8, "memory": "32GB", "walltime": "02:00:00"}\'.',
+        ),
+        click.Option(
+            ["--jobs"],
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Scheduler jobs of workers for --cluster (worker processes for --cluster local).",
+        ),
     ]
 
 
@@ -210,6 +234,19 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
     return f"Warning: {message}\n"
 
 
+def _run_on_new_cluster(run: Any, options: dict[str, Any]) -> Any:
+    """``--cluster KIND``: start that Dask cluster, run on it, close it (its worker jobs end with it)."""
+    from snb_ml.clusters import parse_cluster_kwargs, started_cluster
+
+    if (options.get("executor") or "local") != "dask" or options.get("scheduler"):
+        raise InputError(
+            "--cluster starts a Dask cluster: use it with --executor dask and without --scheduler."
+        )
+    kwargs = parse_cluster_kwargs(options.get("cluster_kwargs"))
+    with started_cluster(options["cluster"], kwargs, int(options.get("jobs") or 1)) as cluster:
+        return run(scheduler=cluster)
+
+
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:
     """Run an ML relaxation for the CLI: print the summary, exit 1 on any error."""
     from snb_ml.executors import run_with_executor
@@ -217,14 +254,19 @@ def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str,
 
     warnings.formatwarning = _short_warning
     try:
-        report = run_with_executor(
+        settings = settings_from_options(options)
+        run = functools.partial(
+            run_with_executor,
             path,
-            settings_from_options(options),
+            settings,
             executor=options.get("executor") or "local",
-            scheduler=options.get("scheduler"),
             defects=defects or None,
             output=options.get("output"),
         )
+        if options.get("cluster"):
+            report = _run_on_new_cluster(run, options)
+        else:
+            report = run(scheduler=options.get("scheduler"))
     except SnbMlError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
