@@ -255,7 +255,14 @@ def compute_free_energies(
 
 
 def _model_options(function):
-    for option in reversed([o for o in ml_parameters("chgnet") if o.name in MODEL_OPTIONS]):
+    options = [o for o in ml_parameters("chgnet") if o.name in MODEL_OPTIONS]
+    for option in options:
+        if option.name == "engine":  # fresh Option objects: the run command's help is untouched
+            option.help = (
+                "Phonon displacement forces many cells per model call (batched) or one at a time; auto "
+                "batches on a GPU and for CHGNet on CPU."
+            )
+    for option in reversed(options):
         function.__click_params__ = [*getattr(function, "__click_params__", []), option]
     return function
 
