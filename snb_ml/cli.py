@@ -14,8 +14,17 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 @click.group("snb-ml", context_settings=CONTEXT_SETTINGS, no_args_is_help=True)
 @click.version_option(__version__, prog_name="snb_ml")
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log messages on stderr (-v: info, incl. third-party import notes; -vv: debug).",
+)
+def main(verbose: int) -> None:
     """Machine-learning relaxers and analysis for ShakeNBreak + doped."""
+    from snb_ml.logs import setup_logging
+
+    setup_logging(verbose)
 
 
 def _run(path: str, defect: tuple[str, ...], **options) -> None:
@@ -103,6 +112,10 @@ def _list_mace_foundations() -> None:
 main.add_command(select)
 main.add_command(pairs)
 main.add_command(free_energy)
+
+from snb_ml.cli_thermo_tree import attach_terms_command  # noqa: E402
+
+main.add_command(attach_terms_command)
 
 from snb_ml.cli_dataset import dataset, pick_hybrid  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
@@ -34,7 +35,39 @@ ML_PARAMETER_NAMES = (
     "batch_size",
     "executor",
     "scheduler",
+    "cluster",
+    "cluster_kwargs",
+    "jobs",
 )
+
+
+class DeviceType(click.ParamType):
+    """``--device``: one of a few names or ``cuda:N``; anything else fails at parse time, naming the option.
+
+    Args:
+        allowed: Plain names accepted besides ``cuda:N``.
+    """
+
+    name = "device"
+
+    def __init__(self, allowed: tuple[str, ...] = ("auto", "cpu", "cuda")):
+        self.allowed = allowed
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # noqa: D102
+        return "[" + "|".join((*self.allowed, "cuda:N")) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return the device name, or fail with the names accepted."""
+        from snb_ml.errors import ModelError
+        from snb_ml.relaxers.base import check_device_name
+
+        try:
+            return check_device_name(str(value).strip(), self.allowed)
+        except ModelError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DEVICE = DeviceType()
 
 
 def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
@@ -56,7 +89,11 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
         ),
         click.Option(["--head"], default=None, help="Readout head of a multi-head model (e.g. pbe, hse)."),
         click.Option(
-            ["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+            ["--device"],
+            default="auto",
+            show_default=True,
+            type=DEVICE,
+            help="Where the model runs: auto (a GPU if torch sees one), cpu, cuda or cuda:N.",
         ),
         click.Option(
             ["--dtype"],
@@ -139,6 +176,26 @@ def ml_parameters(relaxer_default: str | None) -> list[click.Option]:
             metavar="ADDRESS",
             help="Dask scheduler address for --executor dask, e.g. tcp://node01:8786.",
         ),
+        click.Option(
+            ["--cluster"],
+            default=None,
+            type=click.Choice(["local", "slurm", "pbs", "sge", "lsf", "htcondor"]),
+            help="Start a Dask cluster for --executor dask instead of --scheduler: slurm/pbs/... submit "
+            "worker jobs with dask-jobqueue (pip install 'snb_ml[hpc]'); local runs workers here.",
+        ),
+        click.Option(
+            ["--cluster-kwargs", "cluster_kwargs"],
+            default=None,
+            metavar="JSON",
+            help='Arguments of the cluster, e.g. \'{"cores": 8, "memory": "32GB", "walltime": "02:00:00"}\'.',
+        ),
+        click.Option(
+            ["--jobs"],
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Scheduler jobs of workers for --cluster (worker processes for --cluster local).",
+        ),
     ]
 
 
@@ -177,6 +234,19 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
     return f"Warning: {message}\n"
 
 
+def _run_on_new_cluster(run: Any, options: dict[str, Any]) -> Any:
+    """``--cluster KIND``: start that Dask cluster, run on it, close it (its worker jobs end with it)."""
+    from snb_ml.clusters import parse_cluster_kwargs, started_cluster
+
+    if (options.get("executor") or "local") != "dask" or options.get("scheduler"):
+        raise InputError(
+            "--cluster starts a Dask cluster: use it with --executor dask and without --scheduler."
+        )
+    kwargs = parse_cluster_kwargs(options.get("cluster_kwargs"))
+    with started_cluster(options["cluster"], kwargs, int(options.get("jobs") or 1)) as cluster:
+        return run(scheduler=cluster)
+
+
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:
     """Run an ML relaxation for the CLI: print the summary, exit 1 on any error."""
     from snb_ml.executors import run_with_executor
@@ -184,14 +254,19 @@ def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str,
 
     warnings.formatwarning = _short_warning
     try:
-        report = run_with_executor(
+        settings = settings_from_options(options)
+        run = functools.partial(
+            run_with_executor,
             path,
-            settings_from_options(options),
+            settings,
             executor=options.get("executor") or "local",
-            scheduler=options.get("scheduler"),
             defects=defects or None,
             output=options.get("output"),
         )
+        if options.get("cluster"):
+            report = _run_on_new_cluster(run, options)
+        else:
+            report = run(scheduler=options.get("scheduler"))
     except SnbMlError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

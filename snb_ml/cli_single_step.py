@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from snb_ml.cli_options import DEVICE
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -101,7 +102,7 @@ def dataset(paths, output, bulk, split, fractions, seed, frames, force, quiet) -
 @click.option("--polish", default="chgnet", show_default=True, help="Force-field relaxer for energies/steps.")
 @click.option("--polish-model", default=None, help="Model of the polishing relaxer.")
 @click.option("--bulk", type=click.Path(exists=True, dir_okay=False), default=None, help="Bulk supercell.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=DEVICE, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def prerelax(dft_tree, model, defect, ml_tree, steps, polish, polish_model, bulk, device, threads,

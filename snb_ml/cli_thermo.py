@@ -21,7 +21,7 @@ from snb_ml.errors import InputError, SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 #: Model options of ``snb-ml run`` that apply here too.
-MODEL_OPTIONS = ("relaxer", "model", "head", "device", "dtype", "calc_kwargs", "threads")
+MODEL_OPTIONS = ("relaxer", "model", "head", "device", "dtype", "calc_kwargs", "threads", "engine")
 STRUCTURE_FILES = ("CONTCAR", "POSCAR")
 
 
@@ -125,8 +125,9 @@ def compute_free_energies(
     model: str = "",
     log=print,
     symprec: float = 1e-3,
-    relax_cells: bool = False,
+    relax_cells: bool = True,
     check_elements: Any = None,
+    evaluator: Any = None,
 ) -> dict[str, Any]:
     """Compute everything ``snb-ml free-energy`` writes, as plain JSON data.
 
@@ -152,6 +153,7 @@ def compute_free_energies(
             reference cells in full (:mod:`snb_ml.thermo.cells`); otherwise a strained bulk only warns.
         check_elements: ``check_elements(symbols, where)`` raising for elements the model lacks
             (:meth:`~snb_ml.relaxers.base.LoadedModel.check_elements`); checked before any phonon step.
+        evaluator: Batched evaluator of the model for the displaced supercells (``None``: one at a time).
 
     Raises:
         InputError: For a missing reference or an unreadable structure; unneeded references only warn
@@ -163,8 +165,8 @@ def compute_free_energies(
         auto_supercell_matrix,
         formation_vibrational_free_energy,
         harmonic_free_energy,
-        quasi_harmonic_free_energy,
     )
+    from snb_ml.thermo.qha import quasi_harmonic_free_energy
 
     defect_atoms = read_structure(defect_path, "--defect")
     bulk_atoms = read_structure(bulk_path, "--bulk")
@@ -184,19 +186,24 @@ def compute_free_energies(
     if relax_cells:
         defect_atoms, bulk_atoms, scale = scale_to_model(defect_atoms, bulk_atoms, calculator)
         log(f"bulk pressure {pressure:.2f} GPa with the model; cells scaled by {scale:.5f} to zero pressure")
-    elif abs(pressure) > PRESSURE_WARNING_GPA:
-        warnings.warn(
-            f"The bulk cell is at {pressure:.2f} GPa with this model (DFT cells strain ML models trained on "
-            "another functional); ΔF_vib of a strained cell can be far off. Pass --relax-cells to scale both "
-            "cells to the model's own lattice.",
-            stacklevel=2,
-        )
+    else:
+        log(f"bulk pressure {pressure:.2f} GPa with the model; cells used as given (--no-relax-cells)")
+        if abs(pressure) > PRESSURE_WARNING_GPA:
+            warnings.warn(
+                f"The bulk cell is at {pressure:.2f} GPa with this model (DFT cells strain ML models trained "
+                "on another functional); ΔF_vib of a strained cell can be far off (CdTe V_Cd at 873 K: "
+                "-1.48 eV as given, +0.10 eV scaled). Drop --no-relax-cells to scale both cells to the "
+                "model's own lattice.",
+                stacklevel=2,
+            )
     if charge is not None:
         defect_atoms.info["charge"] = charge
     results = {}
     for name, atoms in (("defect", defect_atoms), ("bulk", bulk_atoms)):
         start = time.perf_counter()
-        results[name] = harmonic_free_energy(atoms, calculator, temperatures, symprec=symprec, model=model)
+        results[name] = harmonic_free_energy(
+            atoms, calculator, temperatures, symprec=symprec, model=model, evaluator=evaluator
+        )
         log(
             f"{name}: {results[name].formula}, {results[name].n_displacements} displacements, "
             f"{time.perf_counter() - start:.1f} s"
@@ -216,6 +223,7 @@ def compute_free_energies(
             supercell_matrix=matrix,
             symprec=symprec,
             model=model,
+            evaluator=evaluator,
         )
         log(f"reference {element}: {refs[element].n_displacements} displacements")
     delta = formation_vibrational_free_energy(results["defect"], results["bulk"], refs, change)
@@ -247,14 +255,79 @@ def compute_free_energies(
 
 
 def _model_options(function):
-    for option in reversed([o for o in ml_parameters("chgnet") if o.name in MODEL_OPTIONS]):
+    options = [o for o in ml_parameters("chgnet") if o.name in MODEL_OPTIONS]
+    for option in options:
+        if option.name == "engine":  # fresh Option objects: the run command's help is untouched
+            option.help = (
+                "Phonon displacement forces many cells per model call (batched) or one at a time; auto "
+                "batches on a GPU and for CHGNet on CPU."
+            )
+    for option in reversed(options):
         function.__click_params__ = [*getattr(function, "__click_params__", []), option]
     return function
 
 
+def phonon_evaluator(loaded: Any, engine: str) -> Any:
+    """The batched evaluator for the displaced supercells, or ``None`` for one calculator call each.
+
+    ``auto`` batches where it pays (a GPU, or a model whose batched evaluator beats the sequential one on
+    CPU in ``bench/``), as ``snb-ml run --engine auto`` does.
+    """
+    if engine == "sequential":
+        return None
+    from snb_ml.batch import batch_evaluator_for
+
+    evaluator = batch_evaluator_for(loaded)
+    if engine == "batched":
+        return evaluator
+    fast = evaluator.batched and (evaluator.device.startswith("cuda") or evaluator.faster_on_cpu)
+    return evaluator if fast else None
+
+
+def _temperatures(tmin: float, tmax: float, tstep: float) -> np.ndarray:
+    if not np.all(np.isfinite([tmin, tmax, tstep])) or tstep <= 0 or tmax < tmin or tmin < 0:
+        raise InputError(f"Need 0 <= --tmin <= --tmax and --tstep > 0 (got {tmin}, {tmax}, {tstep}).")
+    return np.arange(tmin, tmax + tstep / 2, tstep)
+
+
+def _fail(exc: SnbMlError) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(1)
+
+
 @click.command("free-energy", context_settings=CONTEXT_SETTINGS)
-@click.option("--defect", "defect", required=True, type=click.Path(exists=True), help="Defect supercell.")
-@click.option("--bulk", "bulk", required=True, type=click.Path(exists=True), help="Pristine supercell.")
+@click.option("--defect", "defect", default=None, type=click.Path(exists=True), help="Defect supercell.")
+@click.option(
+    "--bulk",
+    "bulk",
+    default=None,
+    type=click.Path(exists=True),
+    help="Pristine supercell (with --thermo: taken from the doped entries).",
+)
+@click.option(
+    "--thermo",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="doped DefectThermodynamics JSON(.gz): every defect entry (all charge states) in one run.",
+)
+@click.option(
+    "--tree",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="ShakeNBreak DFT or ML tree: the lowest-energy structure of every defect folder (needs --bulk).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    help="With --thermo/--tree: only these entries (v_Cd_-1) or defects (v_Cd, all charge states).",
+)
+@click.option(
+    "--doped-output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="With --thermo: also write the doped DefectThermodynamics JSON with ΔF_vib(T) attached "
+    "(load with DefectThermodynamics.from_json).",
+)
 @click.option(
     "--reference",
     "references",
@@ -277,47 +350,91 @@ def _model_options(function):
     help="Phonopy symmetry tolerance (Å); looser finds more symmetry, so fewer displacements.",
 )
 @click.option(
-    "--relax-cells",
-    is_flag=True,
+    "--relax-cells/--no-relax-cells",
+    default=True,
+    show_default=True,
     help="Scale defect and bulk to the model's zero-pressure bulk lattice (and relax reference cells) "
-    "before the phonon step; recommended for DFT cells from another functional.",
+    "before the phonon step. The model's pressure on the given bulk is always reported. Keep it on for DFT "
+    "cells of another functional: CdTe V_Cd at 873 K, ΔF_vib -1.48 eV as given (1.5 GPa) vs +0.10 eV scaled.",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bar over the defects."
 )
 @click.option(
     "--output", "-o", default="free_energy.json", show_default=True, type=click.Path(dir_okay=False)
 )
 @_model_options
 def free_energy(
-    defect, bulk, references, tmin, tmax, tstep, qha, charge, symprec, relax_cells, output, **options
-) -> None:
-    """Vibrational free energies F_vib(T) of a defect, its bulk and references, and ΔF_vib(T) (JSON)."""
+    defect, bulk, thermo, tree, only, doped_output, references, tmin, tmax, tstep, qha, charge, symprec,
+    relax_cells, progress, output, **options
+) -> None:  # fmt: skip
+    """Vibrational free energies F_vib(T) and ΔF_vib(T) with an ML model (JSON).
+
+    One defect: --defect and --bulk. Every defect (and charge state) at once: --thermo with a doped
+    DefectThermodynamics JSON (and --doped-output to write it back with the terms attached), or --tree with
+    a ShakeNBreak tree and --bulk. Whole-tree runs write one JSON after every defect and resume from it.
+    """
     from snb_ml.atomic import write_text
     from snb_ml.runner import load_model
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
     try:
-        if not np.all(np.isfinite([tmin, tmax, tstep])) or tstep <= 0 or tmax < tmin or tmin < 0:
-            raise InputError(f"Need 0 <= --tmin <= --tmax and --tstep > 0 (got {tmin}, {tmax}, {tstep}).")
-        temperatures = np.arange(tmin, tmax + tstep / 2, tstep)
+        modes = [
+            name for name, value in (("--defect", defect), ("--thermo", thermo), ("--tree", tree)) if value
+        ]
+        if len(modes) != 1:
+            raise InputError(
+                "Give exactly one of --defect (one defect, with --bulk), --thermo (every entry of a doped "
+                "DefectThermodynamics JSON) or --tree (a ShakeNBreak tree, with --bulk); got "
+                f"{modes or 'none'}."
+            )
+        if (defect or tree) and not bulk:
+            raise InputError(f"{modes[0]} needs --bulk (the pristine supercell).")
+        if doped_output and not thermo:
+            raise InputError(
+                "--doped-output needs --thermo (the doped DefectThermodynamics to attach terms to)."
+            )
+        if (only or doped_output) and defect:
+            raise InputError("--only and --doped-output work with --thermo or --tree, not --defect.")
+        if (thermo or tree) and (qha or charge is not None):
+            raise InputError(
+                "--qha and --charge apply to one defect (--defect); charges come from the entries."
+            )
+        temperatures = _temperatures(tmin, tmax, tstep)
         settings = settings_from_options({**options, "fmax": 1e-3, "steps": 3000, "optimizer": "BFGS"})
+        refs = parse_references(references)
         loaded = load_model(settings)
-        data = compute_free_energies(
-            defect,
-            bulk,
-            parse_references(references),
-            loaded.calculator,
-            temperatures,
-            qha=qha,
-            charge=charge,
-            model=loaded.name,
-            log=click.echo,
-            symprec=symprec,
-            relax_cells=relax_cells,
-            check_elements=loaded.check_elements,
-        )
-        data["settings"] = settings.as_dict()
-        write_text(output, json.dumps(data, indent=1))
+        evaluator = phonon_evaluator(loaded, options.get("engine") or "auto")
+        if defect:
+            data = compute_free_energies(
+                defect,
+                bulk,
+                refs,
+                loaded.calculator,
+                temperatures,
+                qha=qha,
+                charge=charge,
+                model=loaded.name,
+                log=click.echo,
+                symprec=symprec,
+                relax_cells=relax_cells,
+                check_elements=loaded.check_elements,
+                evaluator=evaluator,
+            )
+            data["settings"] = settings.as_dict()
+            write_text(output, json.dumps(data, indent=1))
+            delta = data["delta_free_energy"]
+            click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
+            return
+        from snb_ml.cli_thermo_tree import run_whole_tree
+
+        failed = run_whole_tree(
+            thermo, tree, bulk, only, doped_output, refs, loaded, evaluator, temperatures, settings, symprec,
+            relax_cells, progress, output,
+        )  # fmt: skip
     except SnbMlError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    delta = data["delta_free_energy"]
-    click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
+        _fail(exc)
+    if failed:
+        _fail(
+            SnbMlError(f"{len(failed)} defect(s) failed ({', '.join(failed)}); the others are in {output}.")
+        )

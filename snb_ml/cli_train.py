@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from snb_ml.cli_options import DeviceType
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -128,7 +129,13 @@ CHGNET_ONLY = (
 )
 @click.option("--batch-size", type=int, default=None, help="Structures per batch [mace 2, chgnet 4].")
 @click.option("--seed", type=int, default=None, help="Random seed [mace 123, chgnet 0].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=DeviceType(("cpu", "cuda")),
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda or cuda:N.",
+)
 @click.option("--threads", type=int, default=None, help="Torch threads of the training process.")
 @click.option("--restart", is_flag=True, help="Resume from the latest checkpoint in MODEL_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar (mace: print its epoch lines instead).")
@@ -284,7 +291,13 @@ def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed
     default=None,
     help="DFT ground states (JSON or folder): RMSD of the model-relaxed structures and transition levels.",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=DeviceType(("cpu", "cuda")),
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda or cuda:N.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the parity plots.")
 @_level_options
 def evaluate(model, dataset_dir, split, report_dir, ground_states, device, no_plots, levels) -> None:

@@ -16,7 +16,7 @@ class RunSettings:
         relaxer: Relaxer backend name (``chgnet``, ``mace``, ``ase`` or a plugin's).
         model: Model file, model name or ``module:Class`` (backend specific).
         head: Readout head for multi-head models.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32`` or ``float64`` where the backend supports it.
         calculator_options: Extra keyword arguments for the calculator constructor.
         relax: Optimizer settings.

@@ -17,8 +17,8 @@ from snb_ml.thermo.phonons import (
     formation_vibrational_free_energy,
     harmonic_free_energy,
     load_free_energy_json,
-    quasi_harmonic_free_energy,
 )
+from snb_ml.thermo.qha import quasi_harmonic_free_energy
 
 TEMPS = np.array([0.0, 1.0, 100.0, 300.0, 1000.0, 3000.0])
 THZ_TO_EV = 4.135667696e-3
@@ -173,6 +173,8 @@ def test_cli_writes_json(tmp_path, cu_cell):
     assert data["delta_free_energy"].shape == (4,) and np.isfinite(data["delta_free_energy"]).all()
     assert data["defect"].n_atoms == 31 and data["references"]["Cu"].n_atoms == 1
     assert json.loads(output.read_text())["settings"]["relaxer"] == "ase"
+    assert json.loads(output.read_text())["relax_cells"] is True  # on by default
+    assert "bulk pressure" in result.output and "GPa" in result.output
     bad = CliRunner().invoke(
         free_energy, [*args[:4], "--relaxer", "ase", "--model", "ase.calculators.emt:EMT"]
     )
@@ -223,12 +225,37 @@ def test_strained_cells_warn_and_relax_cells_rescales(tmp_path):
     assert pressure > 5.0
     paths = (tmp_path / "POSCAR_defect", tmp_path / "POSCAR_bulk", {"Cu": tmp_path / "POSCAR_Cu"})
     temps = np.array([0.0, 300.0])
-    with pytest.warns(UserWarning, match="--relax-cells"):
-        strained = compute_free_energies(*paths, EMT(), temps, reference_min_length=5.0, log=lambda *_: None)
-    relaxed = compute_free_energies(
-        *paths, EMT(), temps, reference_min_length=5.0, relax_cells=True, log=lambda *_: None
-    )
+    with pytest.warns(UserWarning, match="--no-relax-cells"):
+        strained = compute_free_energies(
+            *paths, EMT(), temps, reference_min_length=5.0, relax_cells=False, log=lambda *_: None
+        )
+    relaxed = compute_free_energies(*paths, EMT(), temps, reference_min_length=5.0, log=lambda *_: None)
     assert strained["bulk_pressure_GPa"] == pytest.approx(pressure) and strained["cell_scale"] == 1.0
     assert relaxed["cell_scale"] == pytest.approx(3.59 / 3.50, rel=5e-3)
     assert relaxed["references"]["Cu"]["cell"][0][1] == pytest.approx(3.59 / 2, rel=5e-3)
     assert abs(bulk_pressure(bulk("Cu", "fcc", a=3.50 * relaxed["cell_scale"]), EMT())) < 0.1
+
+
+def test_batched_displacement_forces_match_one_at_a_time():
+    """Phonon forces through the batched CHGNet evaluator: same force constants, many cells per call."""
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from snb_ml.batch.evaluators import ChgnetBatchEvaluator
+    from snb_ml.thermo.phonons import build_phonopy
+
+    calculator = CHGNetCalculator(use_device="cpu")
+    evaluator = ChgnetBatchEvaluator(calculator)
+    sizes = []
+    evaluate = evaluator.evaluate
+    evaluator.evaluate = lambda structures: sizes.append(len(structures)) or evaluate(structures)
+    cell = bulk("CdTe", "zincblende", a=6.63, cubic=True)
+    del cell[0]  # a vacancy in the 8-atom cell: 3 symmetry-distinct displacements
+    sequential, count = build_phonopy(cell, calculator, symprec=1e-3)
+    batched, count_batched = build_phonopy(
+        cell, calculator, symprec=1e-3, evaluator=evaluator, batch_atoms=14
+    )
+    assert count == count_batched == 3
+    # the residual cell + 3 displaced cells, 2 (= 14 atoms // 7) per model call
+    assert sizes == [2, 2]
+    np.testing.assert_allclose(batched.force_constants, sequential.force_constants, atol=2e-3)
+    assert np.abs(sequential.force_constants).max() > 0.5  # real, non-trivial force constants

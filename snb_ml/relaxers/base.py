@@ -132,8 +132,12 @@ class RelaxerBackend:
         Raises:
             ModelError: If the backend fails to build a calculator.
         """
+        import logging
+        import time
+
         from snb_ml.errors import SnbMlError
 
+        start = time.perf_counter()
         try:
             result = self.factory(request)
         except SnbMlError:
@@ -143,13 +147,49 @@ class RelaxerBackend:
                 f"Relaxer '{self.name}' could not load its model ({type(exc).__name__}: {exc}). "
                 "Check --model/--device/--dtype, or try --relaxer chgnet (offline default)."
             ) from exc
-        if isinstance(result, LoadedModel):
-            return result
-        return LoadedModel(
-            calculator=result,
-            name=f"{self.name}:{type(result).__name__}",
-            version=self.distribution or "unknown",
+        if not isinstance(result, LoadedModel):
+            result = LoadedModel(
+                calculator=result,
+                name=f"{self.name}:{type(result).__name__}",
+                version=self.distribution or "unknown",
+            )
+        logging.getLogger(__name__).info(
+            "loaded %s (%s) on %s in %.1f s",
+            result.name,
+            result.version,
+            request.device,
+            time.perf_counter() - start,
         )
+        return result
+
+
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (the GPU with index N, as torch numbers them)"
+
+
+def check_device_name(device: str, allowed: tuple[str, ...] = DEVICE_NAMES) -> str:
+    """Return ``device`` if it is one of ``allowed`` or ``cuda:N`` (N a non-negative integer).
+
+    Args:
+        device: The name given, e.g. ``"cuda:1"``.
+        allowed: Plain names accepted besides ``cuda:N``.
+
+    Raises:
+        ModelError: For any other name (``"gpu"``, ``"cuda:"``, ``"cuda:-1"``, ``"cuda1"``).
+    """
+    if device in allowed:
+        return device
+    prefix, sep, index = str(device).partition(":")
+    if prefix == "cuda" and sep and index.isdigit() and "cuda" in allowed:
+        return device
+    names = ", ".join(allowed) + (" or cuda:N (N = 0, 1, ...: the GPU index)" if "cuda" in allowed else "")
+    raise ModelError(f"Unknown device '{device}'. Use {names}, e.g. --device cuda:1.")
+
+
+def cuda_index(device: str) -> int | None:
+    """The GPU index of ``cuda:N``, else ``None`` (``cpu``, ``cuda``, ``auto``)."""
+    prefix, _, index = device.partition(":")
+    return int(index) if prefix == "cuda" and index.isdigit() else None
 
 
 def resolve_device(device: str) -> str:
@@ -164,8 +204,7 @@ def resolve_device(device: str) -> str:
     Raises:
         ModelError: If CUDA is requested but not available, or the name is unknown.
     """
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ModelError(f"Unknown device '{device}'. Use auto, cpu or cuda.")
+    check_device_name(device)
     if device == "cpu":
         return "cpu"
     try:
@@ -180,5 +219,11 @@ def resolve_device(device: str) -> str:
         raise ModelError(
             f"--device {device} was requested but torch sees no CUDA GPU. Use --device cpu or auto, "
             "or install a CUDA build of torch."
+        )
+    index = cuda_index(device)
+    if index is not None and index >= torch.cuda.device_count():
+        raise ModelError(
+            f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}). Pick one of those, or check CUDA_VISIBLE_DEVICES."
         )
     return device

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.hookspecs import hookimpl
+from snb_ml.logs import quiet_import
 from snb_ml.relaxers import mace_foundations as foundations
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
 from snb_ml.relaxers.mace_foundations import OFFLINE_ENV, OFFLINE_HELP, offline
@@ -34,9 +34,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _import_mace() -> Any:
-    # mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported; e3nn then warns about it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    # mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported (e3nn then warns about it) and
+    # prints a cuequivariance note to stdout: both go to the log (shown with -v).
+    with quiet_import("mace"):
         import mace
         import mace.calculators  # noqa: F401
 

@@ -11,12 +11,9 @@ temporary sibling, checked, and only then renamed (:func:`snb_ml.atomic.atomic_p
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -102,8 +99,9 @@ def _mace_foundations() -> ModuleType:
     """``mace.calculators.foundations_models``, imported without mace's import-time chatter."""
     # mace prints a note about cuequivariance to stdout on import, and makes e3nn warn about
     # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; neither says anything about the model asked for.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    from snb_ml.logs import quiet_import
+
+    with quiet_import("mace"):
         from mace.calculators import foundations_models
 
     return foundations_models

@@ -11,6 +11,7 @@ and elemental references are relaxed in full.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,11 @@ def relax_cell(
             "--relax-cells needs stresses from the model; this calculator gives none. Relax the cells "
             "yourself and drop --relax-cells."
         )
-    BFGS(FrechetCellFilter(work, hydrostatic_strain=hydrostatic), logfile=None).run(fmax=fmax, steps=steps)
+    with warnings.catch_warnings():  # scipy's logm inside the cell filter warns at ~1e-12 error
+        warnings.filterwarnings("ignore", message="logm result may be inaccurate")
+        BFGS(FrechetCellFilter(work, hydrostatic_strain=hydrostatic), logfile=None).run(
+            fmax=fmax, steps=steps
+        )
     work.calc = None
     return work
 

@@ -38,8 +38,6 @@ PHONON_RELAX = RelaxSettings(fmax=1e-3, steps=3000, optimizer="BFGS", max_energy
 IMAGINARY_TOLERANCE = 0.1
 #: Default mesh length (phonopy ``run_mesh(float)``) when a supercell matrix other than identity is given.
 DEFAULT_MESH_LENGTH = 30.0
-#: Volume scales V/V0 of the quasi-harmonic grid (volume scale, not linear).
-DEFAULT_VOLUME_SCALES = tuple(np.round(np.arange(0.90, 1.1001, 0.02), 4))
 
 
 def _units() -> tuple[float, float]:
@@ -179,6 +177,30 @@ def _forces(atoms: Atoms, calculator: Any) -> np.ndarray:
     return forces
 
 
+#: Atoms per batched model call for the displaced supercells (CHGNet: ~0.6 GB per 1000 atoms on CPU).
+PHONON_BATCH_ATOMS = 2048
+
+
+def _displaced_forces(
+    cells: list[Atoms], calculator: Any, evaluator: Any, batch_atoms: int
+) -> list[np.ndarray]:
+    """Forces of every displaced supercell: batched through ``evaluator`` when given, else one at a time."""
+    if evaluator is None:
+        return [_forces(atoms, calculator) for atoms in cells]
+    per_call = max(1, batch_atoms // max(1, len(cells[0])))
+    forces: list[np.ndarray] = []
+    for start in range(0, len(cells), per_call):
+        _, batch = evaluator.evaluate(cells[start : start + per_call])
+        forces.extend(np.asarray(f, dtype=float) for f in batch)
+    for atoms, f in zip(cells, forces, strict=True):
+        if not np.isfinite(f).all():
+            raise InputError(
+                f"The model returned non-finite forces for a displaced {atoms.get_chemical_formula()} "
+                "supercell. Check the structure (atoms too close?) or use a different model."
+            )
+    return forces
+
+
 def auto_supercell_matrix(atoms: Atoms, min_length: float = 10.0) -> list[list[int]]:
     """Diagonal supercell matrix whose lattice vectors are all at least ``min_length`` Å long."""
     lengths = np.linalg.norm(np.array(atoms.cell), axis=1)
@@ -192,10 +214,15 @@ def build_phonopy(
     displacement: float = 0.01,
     symprec: float = 1e-3,
     subtract_residual_forces: bool = True,
+    evaluator: Any = None,
+    batch_atoms: int = PHONON_BATCH_ATOMS,
 ):
     """Phonopy object with force constants from ``calculator`` (no relaxation here).
 
-    The displaced supercells are evaluated one after another through the calculator.
+    The displaced supercells are independent: with ``evaluator`` (a
+    :class:`~snb_ml.batch.BatchEvaluator`, e.g. ``batch_evaluator_for(loaded_model)``) they are
+    evaluated many per model call (``batch_atoms`` atoms per call), otherwise one after another
+    through the calculator.
 
     Args:
         atoms: The cell (the phonopy unit *and* primitive cell).
@@ -205,6 +232,8 @@ def build_phonopy(
         symprec: Symmetry tolerance of phonopy in Å.
         subtract_residual_forces: Subtract the forces of the undisplaced supercell (removes the residual of an
             imperfect relaxation to first order; one extra force call).
+        evaluator: Batched evaluator of the same model as ``calculator`` (``None``: one at a time).
+        batch_atoms: Most atoms per batched call.
 
     Returns:
         ``(phonopy, number_of_displacements)``.
@@ -222,11 +251,12 @@ def build_phonopy(
         raise InputError(f"phonopy reduced the {len(atoms)}-atom cell to {len(phonon.primitive)} atoms.")
     phonon.generate_displacements(distance=displacement)
     info = dict(atoms.info)
-    residual = 0.0
+    cells = [_to_ase(cell, info) for cell in phonon.supercells_with_displacements]
     if subtract_residual_forces:
-        residual = _forces(_to_ase(phonon.supercell, info), calculator)
-    cells = phonon.supercells_with_displacements
-    forces = [_forces(_to_ase(cell, info), calculator) - residual for cell in cells]
+        cells.insert(0, _to_ase(phonon.supercell, info))
+    forces = _displaced_forces(cells, calculator, evaluator, batch_atoms)
+    residual = forces.pop(0) if subtract_residual_forces else 0.0
+    forces = [f - residual for f in forces]
     phonon.forces = np.array(forces)
     phonon.produce_force_constants()
     phonon.symmetrize_force_constants()
@@ -299,6 +329,7 @@ def harmonic_free_energy(
     strict: bool = False,
     symprec: float = 1e-3,
     model: str = "",
+    evaluator: Any = None,
 ) -> VibrationalFreeEnergy:
     """Harmonic vibrational free energy F_vib(T) of ``atoms`` with forces from an ML (or any ASE) calculator.
 
@@ -321,6 +352,8 @@ def harmonic_free_energy(
         strict: Raise :class:`InputError` on imaginary modes instead of warning.
         symprec: Phonopy symmetry tolerance in Å.
         model: Model name recorded in the result.
+        evaluator: Batched evaluator of the same model for the displaced supercells (``None``: one
+            calculator call each); see :func:`build_phonopy`.
 
     Returns:
         The vibrational free energy per cell of ``atoms`` (see the module docstring for units).
@@ -332,7 +365,9 @@ def harmonic_free_energy(
     energy = float(work.get_potential_energy())
     work.calc = None
     relaxed_at = time.perf_counter()
-    phonon, n_displacements = build_phonopy(work, calculator, supercell_matrix, displacement, symprec)
+    phonon, n_displacements = build_phonopy(
+        work, calculator, supercell_matrix, displacement, symprec, evaluator=evaluator
+    )
     phonon_seconds = time.perf_counter() - relaxed_at
     identity = supercell_matrix is None or np.array_equal(np.asarray(supercell_matrix), np.eye(3))
     if mesh is None:
@@ -465,116 +500,6 @@ def formation_vibrational_free_energy(
     return np.asarray(delta, dtype=float)
 
 
-@dataclass
-class QuasiHarmonicFreeEnergy:
-    """Quasi-harmonic Gibbs free energy at zero pressure (per cell of the input structure).
-
-    Attributes:
-        temperatures: Temperatures in K (phonopy's QHA drops the last point of the input grid).
-        gibbs_free_energy: G(T) = min_V [E(V) + F_vib(V, T)] in eV per cell (static energy included).
-        equilibrium_volumes: V(T) in Å^3 per cell.
-        thermal_expansion: Volumetric thermal expansion coefficient in 1/K.
-        bulk_moduli: B(T) in GPa.
-        volumes: Volumes of the grid in Å^3.
-        volume_scales: The grid as V/V0.
-        energies: Static energies E(V) in eV (positions relaxed at each volume).
-        free_energies: Harmonic F_vib(T, V) in eV per cell, shape (temperatures of the input, volumes).
-    """
-
-    temperatures: np.ndarray
-    gibbs_free_energy: np.ndarray
-    equilibrium_volumes: np.ndarray
-    thermal_expansion: np.ndarray
-    bulk_moduli: np.ndarray
-    volumes: np.ndarray
-    volume_scales: np.ndarray
-    energies: np.ndarray
-    free_energies: np.ndarray
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON representation."""
-        return {k: np.asarray(v).tolist() for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuasiHarmonicFreeEnergy:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(**{k: np.asarray(v, dtype=float) for k, v in data.items()})
-
-
-def quasi_harmonic_free_energy(
-    atoms: Atoms,
-    calculator: Any,
-    temperatures: Sequence[float] | np.ndarray = tuple(range(0, 1001, 50)),
-    volume_scales: Sequence[float] = DEFAULT_VOLUME_SCALES,
-    supercell_matrix: Sequence[Sequence[int]] | None = None,
-    displacement: float = 0.01,
-    mesh: float | Sequence[int] | None = None,
-    relax_settings: RelaxSettings | None = None,
-    eos: str = "vinet",
-) -> QuasiHarmonicFreeEnergy:
-    """Quasi-harmonic G(T) at zero pressure with phonopy's QHA (fixed cell shape, isotropic volume scan).
-
-    ``volume_scales`` are ratios V/V0 of the *volume* (default 0.90 ... 1.10 in steps of 0.02; each lattice
-    vector is scaled by (V/V0)^(1/3)). At each volume the positions are relaxed with the same model, the
-    static energy and harmonic F_vib(V, T) computed, and phonopy's ``run_qha`` minimises E + F_vib over V.
-    ``atoms`` should be close to the model's equilibrium volume so that the minimum lies inside the grid.
-
-    Args:
-        atoms: Bulk structure (the cell that ``supercell_matrix`` multiplies).
-        calculator: ASE calculator.
-        temperatures: Temperatures in K; the result covers all but the last one (finite differences).
-        volume_scales: Volume ratios V/V0 (at least 5).
-        supercell_matrix: Supercell for the force constants (``None``: identity).
-        displacement: Finite displacement in Å.
-        mesh: q-mesh, as in :func:`harmonic_free_energy`; even mesh numbers are raised by one, because
-            phonopy's ``run_qha`` samples its own mesh without ``is_gamma_center`` (shifted even grids).
-            A float length may give a shifted grid in ``run_qha``.
-        relax_settings: Position relaxation at each volume (default :data:`PHONON_RELAX`).
-        eos: Equation of state of phonopy: ``vinet``, ``murnaghan`` or ``birch_murnaghan``.
-
-    Returns:
-        The quasi-harmonic result.
-    """
-    from phonopy.qha.qha import run_qha
-
-    temps = _temperatures(temperatures)
-    scales = np.asarray(volume_scales, dtype=float)
-    if scales.size < 5 or (scales <= 0).any():
-        raise InputError(f"Need at least 5 positive volume scales for the QHA fit, got {scales.tolist()}.")
-    if temps.size < 4:
-        raise InputError("Give at least 4 temperatures for the QHA (finite differences use neighbours).")
-    identity = supercell_matrix is None or np.array_equal(np.asarray(supercell_matrix), np.eye(3))
-    mesh = ([1, 1, 1] if identity else DEFAULT_MESH_LENGTH) if mesh is None else mesh
-    if not isinstance(mesh, (int, float)):  # run_qha samples without is_gamma_center: keep Gamma in the mesh
-        mesh = [int(n) + (int(n) + 1) % 2 for n in mesh]
-    phonons, energies, free = [], [], []
-    for scale in scales:
-        scaled = atoms.copy()
-        scaled.set_cell(np.array(atoms.cell) * scale ** (1 / 3), scale_atoms=True)
-        relaxed = relax(scaled, calculator, relax_settings or PHONON_RELAX).atoms
-        relaxed.calc = calculator
-        energies.append(float(relaxed.get_potential_energy()))
-        relaxed.calc = None
-        phonon, _ = build_phonopy(relaxed, calculator, supercell_matrix, displacement)
-        free.append(_thermal(phonon, mesh, temps)["free_energy"])
-        phonons.append(phonon)
-    result = run_qha(
-        phonons, temps, internal_energies=energies, mesh=mesh, eos=eos, exclude_gamma_acoustic=True
-    )
-    count = len(result.gibbs_free_energies)
-    return QuasiHarmonicFreeEnergy(
-        temperatures=np.asarray(result.temperatures)[:count],
-        gibbs_free_energy=np.asarray(result.gibbs_free_energies),
-        equilibrium_volumes=np.asarray(result.equilibrium_volumes),
-        thermal_expansion=np.asarray(result.thermal_expansion),
-        bulk_moduli=np.asarray(result.bulk_moduli) * 160.21766208,
-        volumes=atoms.get_volume() * scales,
-        volume_scales=scales,
-        energies=np.asarray(energies),
-        free_energies=np.array(free).T,
-    )
-
-
 def load_free_energy_json(path: str | Path) -> dict[str, Any]:
     """Load a ``snb-ml free-energy`` JSON file.
 
@@ -583,6 +508,8 @@ def load_free_energy_json(path: str | Path) -> dict[str, Any]:
         "composition_change": dict, "temperatures", "delta_free_energy": ndarray (eV),
         "qha": {name: QuasiHarmonicFreeEnergy}}`` plus the remaining metadata as stored.
     """
+    from snb_ml.thermo.qha import QuasiHarmonicFreeEnergy
+
     try:
         data = json.loads(Path(path).read_text())
         out = dict(data)

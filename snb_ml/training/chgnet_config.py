@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from snb_ml.errors import InputError
+from snb_ml.errors import InputError, ModelError
+from snb_ml.relaxers.base import check_device_name
 
 #: Bundled CHGNet weights (they ship in the chgnet wheel: no download).
 PRETRAINED = ("0.3.0", "0.2.0", "r2scan")
@@ -92,10 +93,13 @@ class ChgnetSettings:
             (self.energy_loss, ENERGY_LOSS_CHOICES, "--energy-loss"),
             (self.energy_reference, REFERENCE_CHOICES, "--energy-reference"),
             (self.minima_forces, MINIMA_FORCE_CHOICES, "--minima-forces"),
-            (self.device, ("cpu", "cuda"), "--device"),
         ):
             if value not in choices:
                 raise InputError(f"{option} must be one of {', '.join(choices)}, got {value!r}.")
+        try:
+            check_device_name(self.device, ("cpu", "cuda"))
+        except ModelError as exc:
+            raise InputError(f"--device: {exc}") from exc
         if self.epochs < 1:
             raise InputError(f"--epochs must be at least 1, got {self.epochs}.")
         if self.batch_size < 1:

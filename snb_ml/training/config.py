@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY, STRESS_KEY
-from snb_ml.errors import InputError
+from snb_ml.errors import InputError, ModelError
 from snb_ml.models.charge_reference import REFERENCE_ORDERS, dielectric_tensor
+from snb_ml.relaxers.base import check_device_name
 from snb_ml.training.frames import NO_CHARGE
 from snb_ml.training.targets import ENERGY_LOSSES
 
@@ -121,8 +122,10 @@ class TrainSettings:
             raise InputError(f"--epochs must be at least 1, got {self.epochs}.")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if self.device not in ("cpu", "cuda"):
-            raise InputError(f"--device must be cpu or cuda, got {self.device!r}.")
+        try:
+            check_device_name(self.device, ("cpu", "cuda"))
+        except ModelError as exc:
+            raise InputError(f"--device: {exc}") from exc
         if self.foundation is not None and not Path(self.foundation).is_file():
             raise InputError(f"Foundation model '{self.foundation}' is not a file.")
         if not self.name or any(c in self.name for c in "/\\ "):
@@ -204,7 +207,8 @@ def mace_config(
         "seed": settings.seed,
         "work_dir": work_dir,
         "model_dir": work_dir,
-        "device": settings.device,
+        # MACE's --device takes "cuda" only; cuda:N is passed as CUDA_VISIBLE_DEVICES=N (see trainer.py).
+        "device": "cuda" if settings.device.startswith("cuda") else settings.device,
         "default_dtype": "float64",
         "energy_key": ENERGY_KEY,
         "forces_key": FORCES_KEY,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import InputError, ModelError, SnbMlError
+from snb_ml.relaxers.base import cuda_index
 from snb_ml.training.config import TrainSettings, mace_config, stage_two_start
 from snb_ml.training.frames import (
     NO_CHARGE,
@@ -115,6 +116,10 @@ def _run_mace(
     if settings.threads:
         env["OMP_NUM_THREADS"] = str(settings.threads)
         env["MKL_NUM_THREADS"] = str(settings.threads)
+    index = cuda_index(settings.device)
+    if index is not None:  # MACE's run_train knows only "cuda": show it just the GPU asked for
+        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
     command = [sys.executable, "-m", "mace.cli.run_train", "--config", str(config_path)]
     bar = None
     if progress:
