@@ -43,8 +43,8 @@ class Graph:
     sites: list[ImportSite] = field(default_factory=list)
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -70,9 +70,9 @@ def build_graph(root: Path = ROOT / PACKAGE) -> Graph:
     """Parse every module under ``root`` and collect its imports of the package's own modules."""
     graph = Graph()
     files = sorted(root.rglob("*.py"))
-    graph.modules = {_module_name(path) for path in files}
+    graph.modules = {_module_name(path, root) for path in files}
     for path in files:
-        importer = _module_name(path)
+        importer = _module_name(path, root)
         lines = path.read_text().splitlines()
         tree = ast.parse("\n".join(lines), filename=str(path))
 
@@ -241,9 +241,8 @@ if __name__ == "__main__":
     print(f"private imports across modules: {len(private)}")
     for site in private:
         print("   ", _describe(site))
-    print(
-        f"function-local imports of own modules: {len(local)} ({sum(not s.reason for s in local)} without reason)"
-    )
+    undocumented = sum(not site.reason for site in local)
+    print(f"function-local imports of own modules: {len(local)} ({undocumented} without a reason)")
     if "-v" in sys.argv:
         for site in local:
             print("   ", _describe(site), "" if site.reason else "[no reason]")
