@@ -173,8 +173,12 @@ def settings_from_options(options: dict[str, Any]):
     )
 
 
-def _short_warning(message, category, filename, lineno, line=None) -> str:
+def short_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the CLI: one line, no file or line number."""
     return f"Warning: {message}\n"
+
+
+_short_warning = short_warning  # the old private name, for modules not yet updated
 
 
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:
