@@ -73,10 +73,9 @@ recall = click.Command(
         click.Option(["--defect", "-d"], multiple=True, help="Defect folder(s) (default: all)."),
         click.Option(
             ["--policy"],
-            type=click.Choice(["protect", "lean"]),
             default="protect",
             show_default=True,
-            help="Selection policy (see snb-ml select).",
+            help="Selection policy: protect, lean or one a plugin adds (see snb-ml select).",
         ),
         click.Option(
             ["--tolerance"],

@@ -309,7 +309,7 @@ class _DefectRun:
             leave=True,
             disable=not self.settings.progress,
         ) as bar:
-            for folder, atoms in self.pending:
+            for folder, atoms in list(self.pending):  # finish() takes each one off the list
                 if self._write_error is not None:  # nowhere to put further results
                     break
                 bar.set_postfix_str(folder)
@@ -336,6 +336,8 @@ class _DefectRun:
         A distortion that finishes before Unperturbed waits for it: ``_High_Energy`` is judged
         against the Unperturbed energy.
         """
+        # The run owns its pending list, whichever engine relaxed the structure.
+        self.pending = [(f, atoms) for f, atoms in self.pending if f != folder]
         unperturbed_running = folder != "Unperturbed" and any(f == "Unperturbed" for f, _ in self.pending)
         if unperturbed_running and "Unperturbed" not in self.report.records:
             self._deferred.append((folder, outcome))

@@ -46,7 +46,6 @@ import numpy as np
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.minima.clustering import Cluster, cluster_minima
 from snb_ml.minima.fingerprints import (
-    DefectFingerprinter,
     SoapParameters,
     cosine_distance,
     distance_matrix,
@@ -60,7 +59,8 @@ from snb_ml.minima.results import (
     SelectedCluster,
     TreeSelection,
 )
-from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, assess_minima, bond_distortion, exploration_starts
+from snb_ml.minima.trust import ENERGY_NOISE, assess_minima, bond_distortion, exploration_starts
+from snb_ml.plugins import get_fingerprint, get_selection_policy
 from snb_ml.safe_write import remove_stale_temporaries, write_text
 from snb_ml.tree.layout import DefectInput
 from snb_ml.tree.provenance import PROVENANCE_FILE, DistortionRecord, Provenance, read_provenance
@@ -145,6 +145,7 @@ def select_defect(
     write: bool = True,
     policy: str = "protect",
     noise: float = ENERGY_NOISE,
+    fingerprint: str = "soap",
 ) -> DefectSelection:
     """Group the ML minima of one defect into structural basins and pick one per basin for DFT.
 
@@ -162,8 +163,12 @@ def select_defect(
         policy: ``protect`` (default): the distinct basins, plus, when the minima are not trusted
             (:func:`~snb_ml.minima.trust.assess_minima`), the exploration set of original starts
             (:func:`~snb_ml.minima.trust.exploration_starts`), plus Unperturbed (the energy
-            reference the hand-off keeps anyway). ``lean``: the distinct basins only.
+            reference the hand-off keeps anyway). ``lean``: the distinct basins only. A plugin may
+            register others (:func:`~snb_ml.hookspecs.register_selection_policies`).
         noise: ML energy spread (eV) below which the model cannot rank its minima.
+        fingerprint: The defect-site fingerprint: ``soap`` (default, the calibrated one) or one a
+            plugin registers (:func:`~snb_ml.hookspecs.register_fingerprints`); the threshold is in
+            cosine distance of its vectors.
 
     Returns:
         The selection.
@@ -175,8 +180,8 @@ def select_defect(
     directory = Path(ml_defect_dir).resolve()
     if threshold < 0 or (window is not None and window < 0) or noise < 0:
         raise InputError(f"threshold, window and noise must be >= 0 (got {threshold}, {window}, {noise}).")
-    if policy not in POLICIES:
-        raise InputError(f"Unknown selection policy '{policy}'; choose one of {', '.join(POLICIES)}.")
+    choose_extras = get_selection_policy(policy).provider
+    make_fingerprinter = get_fingerprint(fingerprint).provider
     soap = soap or SoapParameters()
     provenance = _read_results(directory)
     records = provenance.distortions
@@ -213,9 +218,9 @@ def select_defect(
     species = sorted(
         {s for atoms in [unperturbed, *structures.values()] for s in atoms.get_chemical_symbols()}
     )
-    fingerprint = DefectFingerprinter(species, site, soap, include_neighbours=include_neighbours)
-    fingerprints = {f: fingerprint(atoms) for f, atoms in structures.items()}
-    reference_fingerprint = fingerprint(reference)
+    fingerprinter = make_fingerprinter(species, site, soap, include_neighbours=include_neighbours)
+    fingerprints = {f: np.asarray(fingerprinter(atoms), dtype=float) for f, atoms in structures.items()}
+    reference_fingerprint = np.asarray(fingerprinter(reference), dtype=float)
     matrix = distance_matrix([fingerprints[f] for f in candidates])
     energies = {f: float(records[f].energy) for f in candidates}
     raw_clusters = cluster_minima(candidates, [energies[f] for f in candidates], matrix, threshold, linkage)
@@ -269,9 +274,8 @@ def select_defect(
         policy=policy,
         trust=trust,
     )
-    if policy == "protect":
-        usable = [f for f, r in records.items() if r.status != Status.ERROR] + missing
-        selection.extras = _protect_extras(selection, sorted(set(usable), key=_order_key))
+    usable = [f for f, r in records.items() if r.status != Status.ERROR] + missing
+    selection.extras = list(choose_extras(selection, sorted(set(usable), key=_order_key)))
     if write:
         write_selection(selection)
     return selection
@@ -293,8 +297,8 @@ def _summarise(
     )
 
 
-def _protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
-    """Exploration starts when the minima are not trusted, then Unperturbed as the reference."""
+def protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
+    """The ``protect`` policy: exploration starts when the minima are not trusted, then Unperturbed."""
     extras: list[ExtraStart] = []
     if not selection.trust.trusted:
         why = ", ".join(selection.trust.codes)

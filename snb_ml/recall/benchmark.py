@@ -26,7 +26,8 @@ import numpy as np
 
 from snb_ml.errors import InputError, OutputError, SnbMlError
 from snb_ml.minima.selection import DEFAULT_THRESHOLD
-from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, bond_distortion
+from snb_ml.minima.trust import ENERGY_NOISE, bond_distortion
+from snb_ml.plugins import get_selection_policy
 from snb_ml.recall.compare import compare_defect
 from snb_ml.recall.dft_search import DftDefect, read_dft_search
 from snb_ml.recall.report import write_result
@@ -171,10 +172,9 @@ def benchmark_search(
         OutputError: ``output`` inside the DFT tree.
     """
     started = time.perf_counter()
-    if tolerance < 0 or policy not in POLICIES:
-        raise InputError(
-            f"Need tolerance >= 0 and policy in {', '.join(POLICIES)} (got {tolerance}, {policy})."
-        )
+    if tolerance < 0:
+        raise InputError(f"Need tolerance >= 0 (got {tolerance}).")
+    get_selection_policy(policy)  # an unknown policy fails here, before any relaxation
     settings = settings or RunSettings()
     root, out = Path(dft_tree).resolve(), Path(output).resolve()
     search = read_dft_search(root, defects)
