@@ -50,7 +50,7 @@ def test_collapse_is_stopped_as_exploded():
     assert result.status == EXPLODED
     assert "apart" in result.message
     # The guard's limit: half the reference distance (the start is the reference, so 0.8 x start is larger).
-    limit = RelaxSettings().min_distance_fraction * reference
+    limit = 0.5 * reference
     assert f"limit {limit:.2f} Å" in result.message
     # It stopped at the step that crossed the limit, long before the step budget ran out.
     assert min_interatomic_distance(result.atoms) < limit < reference
