@@ -100,8 +100,8 @@ def residual_steps(predictor, pairs, count: int, remeasure: bool, seed: int = 0)
     from chgnet.model.dynamics import CHGNetCalculator
 
     from snb_ml.batch import BatchJob, relax_batched
-    from snb_ml.batch.evaluators import ChgnetBatchEvaluator
     from snb_ml.relax import RelaxSettings
+    from snb_ml.relaxers.chgnet_batch import ChgnetBatchEvaluator
 
     rng = np.random.default_rng(seed)
     usable = [p for p in pairs if remeasure or _recorded_steps(p[2]) is not None]

@@ -7,9 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snb_ml.errors import InputError
+from snb_ml.executors import run_with_executor
 from snb_ml.relax import RelaxSettings
 from snb_ml.runner import RunReport, run_tree
+from snb_ml.safe_write import write_text
 from snb_ml.settings import RunSettings
+from snb_ml.summary import format_summary
+from snb_ml.tree.layout import energies_document
+from snb_ml.tree.status import ENERGY_STATUSES
 
 
 @dataclass
@@ -45,15 +51,11 @@ class RelaxationResults:
 
     def summary(self) -> str:
         """The same summary table the CLI prints."""
-        from snb_ml.summary import format_summary
-
         return format_summary(self.report)
 
 
 def _collect(report: RunReport) -> RelaxationResults:
     from pymatgen.core import Structure
-
-    from snb_ml.snbtree import energies_document
 
     defects = {}
     for defect in report.defects:
@@ -61,9 +63,9 @@ def _collect(report: RunReport) -> RelaxationResults:
         for folder, record in defect.records.items():
             statuses[folder] = record.status
             reused[folder] = record.skipped
-            if record.energy is not None and record.status in ("converged", "unconverged"):
+            if record.energy is not None and record.status in ENERGY_STATUSES:
                 energies[folder] = record.energy
-            contcar = (defect.ml_directory or Path()) / (record.output_folder or folder) / "CONTCAR"
+            contcar = (defect.ml_directory or Path()) / record.result_folder / "CONTCAR"
             if contcar.is_file():
                 structures[folder] = Structure.from_file(contcar)
         defects[defect.name] = DefectResult(
@@ -117,8 +119,6 @@ def relax_tree(
         >>> results = relax_tree("CdTe", relaxer="chgnet", fmax=0.02)  # doctest: +SKIP
         >>> results.defects["v_Cd_0"].energies  # doctest: +SKIP
     """
-    from snb_ml.executors import run_with_executor
-
     settings = _settings(relaxer, model, dict(options))
     report = run_with_executor(
         path, settings, executor=executor, scheduler=scheduler, defects=defects, output=output
@@ -146,9 +146,6 @@ def write_distortion_tree(distortion_dict: dict, directory: str | Path, metadata
     import json
 
     from pymatgen.io.vasp import Poscar
-
-    from snb_ml.atomic import write_text
-    from snb_ml.errors import InputError
 
     directory = Path(directory)
     if metadata is not None:

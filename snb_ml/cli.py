@@ -70,7 +70,7 @@ def plugins() -> None:
     relaxers = get_relaxers()
     rows = []
     for info in get_plugin_infos():
-        registered = ", ".join(f"relaxer:{name}" for name in info.relaxers) or "-"
+        registered = ", ".join(info.registers) or "-"
         rows.append([info.name, info.distribution, info.version, registered, info.error or "ok"])
     click.echo(tabulate(rows, headers=["plugin", "package", "version", "registers", "status"]))
     click.echo("")

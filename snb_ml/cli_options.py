@@ -230,7 +230,8 @@ def settings_from_options(options: dict[str, Any]):
     )
 
 
-def _short_warning(message, category, filename, lineno, line=None) -> str:
+def short_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the CLI: one line, no file or line number."""
     return f"Warning: {message}\n"
 
 
@@ -245,6 +246,9 @@ def _run_on_new_cluster(run: Any, options: dict[str, Any]) -> Any:
     kwargs = parse_cluster_kwargs(options.get("cluster_kwargs"))
     with started_cluster(options["cluster"], kwargs, int(options.get("jobs") or 1)) as cluster:
         return run(scheduler=cluster)
+
+
+_short_warning = short_warning  # the old private name, for modules not yet updated
 
 
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:

@@ -21,12 +21,12 @@ def _fail(exc: Exception) -> None:
 
 
 def _recall(path, output, defect, policy, tolerance, threshold, noise, **options) -> None:
-    from snb_ml.cli_options import _short_warning
+    from snb_ml.cli_options import short_warning
     from snb_ml.minima.selection import DEFAULT_THRESHOLD
     from snb_ml.minima.trust import ENERGY_NOISE
     from snb_ml.recall import benchmark_search
 
-    warnings.formatwarning = _short_warning
+    warnings.formatwarning = short_warning
     try:
         result = benchmark_search(
             path,
@@ -73,10 +73,9 @@ recall = click.Command(
         click.Option(["--defect", "-d"], multiple=True, help="Defect folder(s) (default: all)."),
         click.Option(
             ["--policy"],
-            type=click.Choice(["protect", "lean"]),
             default="protect",
             show_default=True,
-            help="Selection policy (see snb-ml select).",
+            help="Selection policy: protect, lean or one a plugin adds (see snb-ml select).",
         ),
         click.Option(
             ["--tolerance"],

@@ -44,12 +44,17 @@ def _fail(exc: Exception) -> None:
 @click.option("--neighbours", is_flag=True, help="Also fingerprint the distorted neighbour shell.")
 @click.option(
     "--policy",
-    type=click.Choice(["protect", "lean"]),
     default="protect",
     show_default=True,
     help="protect: distinct basins, plus a small exploration set of original starts when the model's "
     "minima cannot be trusted (one basin, motifs collapsed, flat energies), plus Unperturbed. "
-    "lean: distinct basins only.",
+    "lean: distinct basins only. Plugins may add others (snb-ml plugins lists them).",
+)
+@click.option(
+    "--fingerprint",
+    default="soap",
+    show_default=True,
+    help="Defect-site fingerprint: soap (calibrated with the default threshold) or one a plugin adds.",
 )
 @click.option(
     "--noise",
@@ -65,7 +70,9 @@ def _fail(exc: Exception) -> None:
     "are moved aside (reversible with --undo).",
 )
 @click.option("--undo", is_flag=True, help="Undo the DFT hand-off in --dft-tree (byte-identical restore).")
-def select(ml_tree, defect, threshold, window, neighbours, policy, noise, dft_tree, undo) -> None:
+def select(
+    ml_tree, defect, threshold, window, neighbours, policy, fingerprint, noise, dft_tree, undo
+) -> None:
     """Group ML minima by defect-site SOAP and pick one representative per distinct basin for DFT."""
     from snb_ml.handoff import prepare_dft_tree, undo_handoff
 
@@ -89,6 +96,7 @@ def select(ml_tree, defect, threshold, window, neighbours, policy, noise, dft_tr
             include_neighbours=neighbours,
             policy=policy,
             noise=ENERGY_NOISE if noise is None else noise,
+            fingerprint=fingerprint,
         )
         click.echo(selection.table())  # holds each defect's reasons and warnings
         if dft_tree and selection.defects:

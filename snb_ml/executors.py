@@ -22,14 +22,9 @@ from typing import Any
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.runner import FINAL_STATUSES, DefectReport, RunReport, default_ml_tree, load_model, run_tree
 from snb_ml.settings import RunSettings
-from snb_ml.snbtree import (
-    PROVENANCE_FILE,
-    DefectInput,
-    check_output_location,
-    input_tree_identity,
-    load_json,
-    locate_defects,
-)
+from snb_ml.tree.layout import DefectInput, check_output_location, input_tree_identity, locate_defects
+from snb_ml.tree.provenance import PROVENANCE_FILE, DistortionRecord, read_provenance
+from snb_ml.tree.status import Status
 
 EXECUTORS = ("local", "dask")
 DASK_INSTALL_HINT = "pip install 'snb_ml[dask]'"
@@ -229,9 +224,10 @@ class _ProvenanceProgress:
         """Number of distortions over all selected defects."""
         return sum(len(folders) for folders in self.folders.values())
 
-    def _read(self, name: str) -> dict[str, Any]:
+    def _read(self, name: str) -> dict[str, DistortionRecord]:
         try:
-            return (load_json(self.files[name], "") or {}).get("distortions", {})
+            provenance = read_provenance(self.files[name].parent, "")
+            return provenance.distortions if provenance is not None else {}
         except (SnbMlError, OSError):
             return {}
 
@@ -262,7 +258,7 @@ class _ProvenanceProgress:
             if record is None:
                 continue
             before = baseline.get(folder)
-            reused = before == record and not self.force and record.get("status") in FINAL_STATUSES
+            reused = before == record and not self.force and record.status in FINAL_STATUSES
             if record != before or reused:
                 done += 1
         return done
@@ -376,9 +372,9 @@ class _DaskRun:
             self.engines.add(outcome.engine)
             self.reports[name] = outcome.report
             for folder, record in outcome.report.records.items():
-                if record.status == "error":
+                if record.status == Status.ERROR:
                     bar.write(f"Error in {name}/{folder}: {record.message}")
-                elif record.status == "exploded" and not record.skipped:
+                elif record.status == Status.EXPLODED and not record.skipped:
                     bar.write(f"{name}/{folder}: stopped ({record.message}); saved as {record.output_folder}")
             if outcome.report.error:
                 bar.write(f"Error for {name}: {outcome.report.error}")

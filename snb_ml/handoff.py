@@ -39,23 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml import __version__
-from snb_ml.atomic import atomic_path, write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import (
-    HIGH_ENERGY_SUFFIX,
-    PROVENANCE_FILE,
-    STRUCTURE_INPUTS,
-    dft_outputs,
-    is_distortion_dir,
-    load_json,
-)
+from snb_ml.safe_write import atomic_path, write_text
+from snb_ml.tree.layout import HIGH_ENERGY_SUFFIX, STRUCTURE_INPUTS, dft_outputs, is_distortion_dir, load_json
+from snb_ml.tree.provenance import PROVENANCE_FILE, DistortionRecord, Provenance, read_provenance
+from snb_ml.tree.status import UNUSABLE_STATUSES
 
 HOLDING_FOLDER = "snb_ml_not_selected"  # matches no ShakeNBreak pattern and does not end in a digit
 RECORD_FILE = "snb_ml_handoff.json"
 ORIGINAL_SUFFIX = ".snb_ml_original"
 REFERENCE_FOLDER = "Unperturbed"
 SUPPORTED_FILES = ("POSCAR", "geometry.in", "structure.cif")
-_UNUSABLE_STATUSES = ("error", "exploded")
 
 
 @dataclass
@@ -200,15 +194,15 @@ def _same_structure(first, second, tolerance: float = 1e-4) -> bool:
     return bool(np.all(np.linalg.norm(delta @ first.cell.array, axis=1) < tolerance))
 
 
-def _ml_source(ml_dir: Path, provenance: dict[str, Any], folder: str, original) -> Path:
+def _ml_source(ml_dir: Path, provenance: Provenance, folder: str, original) -> Path:
     """The ML-relaxed CONTCAR for ``folder``, checked against the DFT tree's starting structure."""
-    entry = provenance.get("distortions", {}).get(folder, {})
-    if entry.get("status") in _UNUSABLE_STATUSES:
+    entry = provenance.distortions.get(folder) or DistortionRecord(folder=folder, status="missing")
+    if entry.status in UNUSABLE_STATUSES:
         raise InputError(
-            f"The ML relaxation of {ml_dir.name}/{folder} ended as '{entry['status']}' "
-            f"({entry.get('message', '')}); it cannot be handed to DFT. Select another distortion."
+            f"The ML relaxation of {ml_dir.name}/{folder} ended as '{entry.status}' "
+            f"({entry.message}); it cannot be handed to DFT. Select another distortion."
         )
-    output = ml_dir / (entry.get("output_folder") or folder)
+    output = ml_dir / entry.result_folder
     contcar = output / "CONTCAR"
     if not contcar.is_file():
         raise InputError(
@@ -258,7 +252,7 @@ def _plan_defect(
     selected = _resolve(chosen, folders, defect, directory)
     as_generated = [n for n in _resolve(original or [], folders, defect, directory) if n not in selected]
     ml_dir = ml_tree / defect
-    provenance = load_json(ml_dir / PROVENANCE_FILE, "rerun snb-ml run for this defect.", error=InputError)
+    provenance = read_provenance(ml_dir, "rerun snb-ml run for this defect.", error=InputError)
     if provenance is None:
         raise InputError(
             f"{ml_dir} is not an snb_ml ML tree folder (no {PROVENANCE_FILE}). Pass the ML tree that "

@@ -31,16 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.atomic import write_text
 from snb_ml.errors import InputError, OutputError
-from snb_ml.snbtree import (
-    METADATA_FILE,
-    dft_outputs,
-    is_distortion_dir,
-    load_json,
-    read_input_structure,
-    split_charge,
-)
+from snb_ml.safe_write import write_text
+from snb_ml.tree.layout import dft_outputs, is_distortion_dir, read_input_structure
+from snb_ml.tree.metadata import METADATA_FILE, find_defect_metadata, split_charge
 
 DEFAULT_PAIR_DISTORTIONS = (-0.6, -0.5, -0.4, -0.3, -0.2)
 DEFAULT_DIMER_DISTANCE = 2.0
@@ -342,17 +336,6 @@ def pair_distortions(
     }
 
 
-def _read_metadata(defect_dir: Path) -> dict[str, Any]:
-    for path in (defect_dir / METADATA_FILE, defect_dir.parent / METADATA_FILE):
-        metadata = load_json(path, "regenerate it with snb-generate.", error=InputError)
-        if metadata is not None:
-            return metadata
-    raise InputError(
-        f"No {METADATA_FILE} in {defect_dir} or its parent, so the defect site is unknown. Pass the "
-        "defect folder written by snb-generate, or call pair_distortions with site_index/frac_coords."
-    )
-
-
 def _locate_site(structure, unique_site, defect_dir: Path) -> tuple[str, Any]:
     """``("site_index", i)`` for the atom at ShakeNBreak's ``unique_site``, else ``("frac_coords", site)``.
 
@@ -387,21 +370,11 @@ def pair_distortions_from_folder(defect_dir: str | Path, **options: Any) -> dict
 
     defect_dir = Path(defect_dir)
     structure = Structure.from_ase_atoms(read_input_structure(defect_dir / "Unperturbed"))
-    metadata = _read_metadata(defect_dir)
-    entries = metadata.get("defects", {})
-    key = split_charge(defect_dir.name)[0]
-    if key not in entries and len(entries) == 1:
-        key = next(iter(entries))
-    if key not in entries:
-        raise InputError(
-            f"{METADATA_FILE} for {defect_dir} lists {', '.join(entries) or 'no defects'}, none named "
-            f"'{key}'. Call pair_distortions with site_index/frac_coords instead."
-        )
-    site = _locate_site(structure, entries[key]["unique_site"], defect_dir)
+    metadata = find_defect_metadata(defect_dir)
+    site = _locate_site(structure, metadata.unique_site, defect_dir)
     options.setdefault(*site)
-    stdev = metadata.get("distortion_parameters", {}).get("mc_rattle_parameters", {}).get("stdev")
-    if stdev is not None:
-        options.setdefault("stdev", stdev)
+    if metadata.rattle_stdev is not None:
+        options.setdefault("stdev", metadata.rattle_stdev)
     return pair_distortions(structure, **options)
 
 

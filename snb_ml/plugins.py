@@ -1,16 +1,22 @@
-"""The plugin manager: relaxers, built-in or third-party, arrive via entry-point group ``snb_ml``."""
+"""The plugin manager: relaxers, fingerprints, selection policies and free-energy terms.
+
+All of them, built-in or third-party, arrive via the entry-point group ``snb_ml`` and register through
+the hooks of :mod:`snb_ml.hookspecs`.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
+from typing import Any
 
 import pluggy
 
 from snb_ml import hookspecs
-from snb_ml.errors import UnknownRelaxerError
+from snb_ml.errors import InputError, UnknownRelaxerError
 from snb_ml.relaxers.base import CalculatorFactory, RelaxerBackend
 
 ENTRY_POINT_GROUP = "snb_ml"
@@ -26,10 +32,39 @@ class PluginInfo:
     version: str
     relaxers: list[str] = field(default_factory=list)
     error: str | None = None
+    #: Everything it registered, as ``kind:name`` (``relaxer:chgnet``, ``fingerprint:soap``, ...).
+    registers: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One fingerprint, selection policy or free-energy term registered by a plugin.
+
+    Attributes:
+        name: What users pass (``--fingerprint``, ``--policy``, or the term's name).
+        provider: The fingerprint factory, policy function or term builder (see :mod:`snb_ml.hookspecs`).
+        description: One line for ``snb-ml plugins``.
+        plugin: Name of the entry point that registered it.
+    """
+
+    name: str
+    provider: Callable[..., Any]
+    description: str = ""
+    plugin: str = "?"
+
+
+#: The registries other than relaxers: hook name -> the kind shown by ``snb-ml plugins``.
+KINDS = {
+    "register_fingerprints": "fingerprint",
+    "register_selection_policies": "policy",
+    "register_free_energy_terms": "term",
+}
 
 
 @lru_cache(maxsize=1)
-def _load() -> tuple[pluggy.PluginManager, dict[str, RelaxerBackend], tuple[PluginInfo, ...]]:
+def _load() -> tuple[
+    pluggy.PluginManager, dict[str, RelaxerBackend], tuple[PluginInfo, ...], dict[str, dict[str, Registered]]
+]:
     manager = pluggy.PluginManager("snb_ml")
     manager.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
@@ -76,9 +111,97 @@ def _load() -> tuple[pluggy.PluginManager, dict[str, RelaxerBackend], tuple[Plug
             )
             if _info:
                 _info.relaxers.append(name)
+                _info.registers.append(f"relaxer:{name}")
 
         hook_impl.function(register=register)
-    return manager, relaxers, tuple(infos)
+    registries = {kind: _collect(manager, hook, kind, info_by_name) for hook, kind in KINDS.items()}
+    return manager, relaxers, tuple(infos), registries
+
+
+def _collect(
+    manager: pluggy.PluginManager, hook: str, kind: str, info_by_name: dict[str, PluginInfo]
+) -> dict[str, Registered]:
+    """Call every implementation of ``hook`` with a ``register`` function; first registration wins."""
+    found: dict[str, Registered] = {}
+    for hook_impl in getattr(manager.hook, hook).get_hookimpls():
+        plugin = hook_impl.plugin_name
+
+        def register(name: str, provider: Callable[..., Any], description: str = "", _plugin: str = plugin):
+            if name in found:
+                warnings.warn(
+                    f"{kind.capitalize()} '{name}' registered twice (by '{found[name].plugin}' and "
+                    f"'{_plugin}'); keeping the first.",
+                    stacklevel=2,
+                )
+                return
+            found[name] = Registered(name, provider, description, _plugin)
+            if _plugin in info_by_name:
+                info_by_name[_plugin].registers.append(f"{kind}:{name}")
+
+        try:
+            hook_impl.function(register=register)
+        except Exception as exc:  # one broken plugin must not hide the others' registrations
+            warnings.warn(
+                f"snb_ml plugin '{plugin}' failed in {hook}: {type(exc).__name__}: {exc}", stacklevel=2
+            )
+    return found
+
+
+_NOUNS = {"fingerprint": "fingerprint", "policy": "selection policy", "term": "free-energy term"}
+
+
+def _lookup(kind: str, option: str, name: str) -> Registered:
+    registry = _load()[3][kind]
+    if name not in registry:
+        noun = _NOUNS[kind]
+        installed = ", ".join(sorted(registry)) or "none"
+        raise InputError(
+            f"Unknown {noun} '{name}' ({option}); choose one of {installed}. Run `snb-ml plugins` to see "
+            f"where each comes from; a third-party {noun} needs its package installed in this environment."
+        )
+    return registry[name]
+
+
+def get_fingerprints() -> dict[str, Registered]:
+    """Return the installed defect-site fingerprints by name (``"soap"`` built in)."""
+    return dict(_load()[3]["fingerprint"])
+
+
+def get_fingerprint(name: str) -> Registered:
+    """Return the fingerprint called ``name``.
+
+    Raises:
+        InputError: If no installed plugin registers it (the message lists those that do).
+    """
+    return _lookup("fingerprint", "--fingerprint", name)
+
+
+def get_selection_policies() -> dict[str, Registered]:
+    """Return the installed selection policies by name (``"protect"`` and ``"lean"`` built in)."""
+    return dict(_load()[3]["policy"])
+
+
+def get_selection_policy(name: str) -> Registered:
+    """Return the selection policy called ``name``.
+
+    Raises:
+        InputError: If no installed plugin registers it (the message lists those that do).
+    """
+    return _lookup("policy", "--policy", name)
+
+
+def get_free_energy_terms() -> dict[str, Registered]:
+    """Return the installed free-energy term builders by name."""
+    return dict(_load()[3]["term"])
+
+
+def get_free_energy_term(name: str) -> Registered:
+    """Return the free-energy term builder called ``name`` (call its ``provider`` to build a term).
+
+    Raises:
+        InputError: If no installed plugin registers it (the message lists those that do).
+    """
+    return _lookup("term", "term name", name)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

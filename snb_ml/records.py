@@ -9,59 +9,27 @@ judged again on every run against the current Unperturbed energy, with the folde
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
-from snb_ml.relax import CONVERGED, EXPLODED, HIGH_ENERGY, UNCONVERGED
-from snb_ml.snbtree import HIGH_ENERGY_SUFFIX
+from snb_ml.tree.layout import HIGH_ENERGY_SUFFIX
+from snb_ml.tree.provenance import DistortionRecord as DistortionRecord  # re-exported: its former home
+from snb_ml.tree.status import ENERGY_STATUSES, Status
+from snb_ml.tree.status import FINAL_STATUSES as FINAL_STATUSES
 
-FINAL_STATUSES = (CONVERGED, HIGH_ENERGY, EXPLODED)
-ERROR = "error"
+CONVERGED, UNCONVERGED, HIGH_ENERGY, EXPLODED = (
+    Status.CONVERGED,
+    Status.UNCONVERGED,
+    Status.HIGH_ENERGY,
+    Status.EXPLODED,
+)
+ERROR = Status.ERROR
 PREVIOUS_FOLDER = "snb_ml_previous"  # results of distortions no longer in the input tree
 
 
-@dataclass
-class DistortionRecord:
-    """Outcome of one distortion, as stored in the provenance file and shown in the summary.
-
-    ``input_sha256`` and ``charge`` say which starting structure and charge the result belongs to;
-    records written before they existed have ``None``.
-    """
-
-    folder: str
-    status: str
-    energy: float | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    max_force: float | None = None
-    message: str = ""
-    output_folder: str | None = None
-    input_sha256: str | None = None
-    charge: int | None = None
-    skipped: bool = False
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], **changes: Any) -> DistortionRecord:
-        """Rebuild a stored record (keys this version does not know are ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, **changes})
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data for the provenance file: ``skipped`` is per run, not stored; NaN/inf become null."""
-        data = dict(self.__dict__)
-        data.pop("skipped")
-        for key, value in data.items():  # strict JSON: an exploded run's force may be NaN
-            if isinstance(value, float) and not math.isfinite(value):
-                data[key] = None
-        return data
-
-
 def reuse_problem(
-    stored: dict[str, Any], source_hash: str | None, charge: int, legacy_charge: int | None, ml_dir: Path
+    stored: DistortionRecord, source_hash: str | None, charge: int, legacy_charge: int | None, ml_dir: Path
 ) -> str | None:
     """Why a stored record does not belong to this run's input, or ``None`` when it does.
 
@@ -72,13 +40,13 @@ def reuse_problem(
         legacy_charge: The defect charge of the provenance file, for records that do not store theirs.
         ml_dir: The defect's ML tree folder (its POSCAR copies check records without a hash).
     """
-    recorded_charge = stored.get("charge", legacy_charge)
+    recorded_charge = stored.charge if stored.charge is not None else legacy_charge
     if recorded_charge is not None and recorded_charge != charge:
         return f"the charge changed since the last run ({_signed(recorded_charge)} -> {_signed(charge)})"
-    recorded = stored.get("input_sha256")
+    recorded = stored.input_sha256
     if recorded is None:
         # Written before hashes were stored: the POSCAR copied into the ML tree is the starting structure.
-        copy = ml_dir / (stored.get("output_folder") or stored["folder"]) / "POSCAR"
+        copy = ml_dir / stored.result_folder / "POSCAR"
         recorded = _sha256(copy) if copy.is_file() else None
         if recorded is None:
             return "their starting structures were not recorded (older snb_ml)"
@@ -178,20 +146,20 @@ def judge_all(
     return ", ".join(changed)
 
 
-def energies_of(records: dict[str, dict[str, Any]]) -> dict[str, float]:
+def energies_of(records: dict[str, DistortionRecord]) -> dict[str, float]:
     """Energies for ``{defect}.yaml``: converged and unconverged runs (not ``_High_Energy`` ones)."""
     return {
-        folder: data["energy"]
-        for folder, data in records.items()
-        if data["status"] in (CONVERGED, UNCONVERGED) and data.get("energy") is not None
+        folder: record.energy
+        for folder, record in records.items()
+        if record.status in ENERGY_STATUSES and record.energy is not None
     }
 
 
-def set_aside(ml_dir: Path, stale: dict[str, dict[str, Any]]) -> Path:
+def set_aside(ml_dir: Path, stale: dict[str, DistortionRecord]) -> Path:
     """Move the output folders of ``stale`` records into ``ml_dir/snb_ml_previous`` (kept, unread)."""
     aside = ml_dir / PREVIOUS_FOLDER
-    for data in stale.values():
-        output = output_of(ml_dir, DistortionRecord.from_json(data))
+    for record in stale.values():
+        output = output_of(ml_dir, record)
         if output is not None:
             aside.mkdir(exist_ok=True)
             attempt = 1
@@ -202,21 +170,20 @@ def set_aside(ml_dir: Path, stale: dict[str, dict[str, Any]]) -> Path:
 
 
 def write_failure_message(
-    ml_dir: Path, error: OSError, folders: list[str], stored: dict[str, dict[str, Any]]
+    ml_dir: Path, error: OSError, folders: list[str], stored: dict[str, DistortionRecord]
 ) -> str:
     """One message for a defect whose results could not be written (disk full, quota, I/O error).
 
     Args:
         ml_dir: The defect's ML tree folder.
-        error: The error, naming the file (``snb_ml.atomic`` adds the target's name).
+        error: The error, naming the file (``snb_ml.safe_write`` adds the target's name).
         folders: The defect's distortion folders.
         stored: The provenance records written so far (their folders estimate one result's size).
     """
     finished = [
         output
-        for data in stored.values()
-        if data.get("status") != ERROR
-        and (output := output_of(ml_dir, DistortionRecord.from_json(data))) is not None
+        for record in stored.values()
+        if record.status != ERROR and (output := output_of(ml_dir, record)) is not None
     ]
     unfinished = max(0, len(folders) - len(finished))
     where = error.filename or ml_dir

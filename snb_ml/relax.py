@@ -12,13 +12,17 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from snb_ml.errors import InputError
+from snb_ml.neighbors import neighbor_list
+from snb_ml.tree.status import Status
+
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 
-# Status values; ShakeNBreak names folders of the last two "*_High_Energy".
-CONVERGED = "converged"
-UNCONVERGED = "unconverged"
-HIGH_ENERGY = "high_energy"
-EXPLODED = "exploded"
+# Status values (snb_ml.tree.status); ShakeNBreak names folders of the last two "*_High_Energy".
+CONVERGED = Status.CONVERGED
+UNCONVERGED = Status.UNCONVERGED
+HIGH_ENERGY = Status.HIGH_ENERGY
+EXPLODED = Status.EXPLODED
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,6 @@ class RelaxSettings:
     high_energy_threshold: float = 2.0
 
     def __post_init__(self) -> None:
-        from snb_ml.errors import InputError
-
         if self.optimizer.upper() not in OPTIMIZERS:
             raise InputError(f"Unknown optimizer '{self.optimizer}'. Choose one of {', '.join(OPTIMIZERS)}.")
         # NaN passes every comparison and inf never converges; both would also reach the provenance
@@ -100,7 +102,6 @@ def min_interatomic_distance(atoms: Atoms, cutoff: float = 4.0) -> float:
     """
     if len(atoms) < 2:
         return float("inf")
-    from snb_ml.neighbors import neighbor_list
 
     # pymatgen's cells are the search radius wide, so tiny radii cost more than 3 Å.
     distances = neighbor_list(atoms, max(cutoff, 3.0))[3]

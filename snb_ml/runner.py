@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
 from snb_ml import __version__
-from snb_ml.atomic import atomic_path, remove_stale_temporaries, write_text
 from snb_ml.batch.memory import peak_resident
+from snb_ml.batch.tree import choose_engine, relax_runs_batched
 from snb_ml.errors import InputError, OutputError, SnbMlError
+from snb_ml.plugins import get_relaxer
 from snb_ml.records import (
     ERROR,
     FINAL_STATUSES,
@@ -32,26 +32,23 @@ from snb_ml.records import (
 )
 from snb_ml.relax import EXPLODED, RelaxResult, min_interatomic_distance, relax
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel, resolve_device
+from snb_ml.safe_write import atomic_path, remove_stale_temporaries, write_text
 from snb_ml.settings import RunSettings
-from snb_ml.snbtree import (
+from snb_ml.tree.layout import (
     DEFAULT_ML_TREE,
-    METADATA_FILE,
-    PROVENANCE_FILE,
     TRAJECTORY_FILE,
     DefectInput,
     check_ml_defect_dir,
     check_output_location,
-    defect_site_fractional,
     input_structure_hash,
     input_tree_identity,
-    load_json,
     locate_defects,
-    parse_charge,
     read_input_structure,
-    read_metadata,
     write_energies_yaml,
     write_tree_marker,
 )
+from snb_ml.tree.metadata import METADATA_FILE, charge_from_folder, defect_site_fractional, read_metadata
+from snb_ml.tree.provenance import PROVENANCE_FILE, Provenance, read_provenance, write_provenance
 
 LOCK_FILE = ".snb_ml.lock"
 
@@ -75,7 +72,7 @@ class DefectReport:
     @property
     def failed(self) -> bool:
         """True if the defect or any of its distortions ended in an input/model error."""
-        return self.error is not None or any(r.status == "error" for r in self.records.values())
+        return self.error is not None or any(r.status == ERROR for r in self.records.values())
 
 
 @dataclass
@@ -97,8 +94,6 @@ class RunReport:
 
 def load_model(settings: RunSettings) -> LoadedModel:
     """Resolve the relaxer plugin and load its model for ``settings``."""
-    from snb_ml.plugins import get_relaxer
-
     backend = get_relaxer(settings.relaxer)
     if settings.threads:
         import torch
@@ -112,10 +107,6 @@ def load_model(settings: RunSettings) -> LoadedModel:
         options=dict(settings.calculator_options),
     )
     return backend.load(request)
-
-
-def _load_provenance(ml_dir: Path) -> dict[str, Any]:
-    return load_json(ml_dir / PROVENANCE_FILE, "move it away and rerun to redo this defect.") or {}
 
 
 def _write_structure(atoms, target: Path) -> None:
@@ -156,7 +147,7 @@ class _DefectRun:
         self.model = model
         self.settings = settings
         self.report = DefectReport(name=defect.name, ml_directory=self.ml_dir)
-        self.provenance: dict[str, Any] = {}
+        self.provenance = Provenance(defect=defect.name)
         self.pending: list[tuple[str, Atoms]] = []
         self.reference: float | None = None
         self._lock: Any = None
@@ -190,7 +181,7 @@ class _DefectRun:
             self._prepare(warn_charge_blind)
         except OSError as exc:  # metadata copy or provenance: nothing of this defect is relaxed
             self.close()
-            raise OutputError(write_failure_message(self.defect.name, self.ml_dir, exc, 0, [])) from exc
+            raise OutputError(write_failure_message(self.ml_dir, exc, [], {})) from exc
         except BaseException:
             self.close()
             raise
@@ -215,7 +206,11 @@ class _DefectRun:
 
     def _prepare(self, warn_charge_blind: list[bool]) -> None:
         remove_stale_temporaries(self.ml_dir)
-        charge = self.settings.charge if self.settings.charge is not None else parse_charge(self.defect)
+        charge = (
+            self.settings.charge
+            if self.settings.charge is not None
+            else charge_from_folder(self.defect.directory, self.defect.name)
+        )
         self.report.charge = charge
         legacy_charge = self._start_provenance(charge)
         if charge != 0 and not self.model.charge_aware and warn_charge_blind[0]:
@@ -241,18 +236,16 @@ class _DefectRun:
         redone: dict[str, int] = {}
         for folder in self.folders:
             self._sources[folder] = input_structure_hash(self.defect.directory / folder)
-            stored = self.provenance["distortions"].get(folder)
+            stored = self.provenance.distortions.get(folder)
             problem = None
             if stored and not self.settings.force:
                 problem = reuse_problem(stored, self._sources[folder], charge, legacy_charge, self.ml_dir)
-                if problem is None and stored.get("status") in FINAL_STATUSES:
-                    record = DistortionRecord.from_json(
-                        stored, input_sha256=self._sources[folder], charge=charge, skipped=True
-                    )
+                if problem is None and stored.status in FINAL_STATUSES:
+                    record = replace(stored, input_sha256=self._sources[folder], charge=charge, skipped=True)
                     if output_of(self.ml_dir, record) is not None:
                         self.report.records[folder] = record
                         continue
-                if problem is not None and stored.get("status") != ERROR:
+                if problem is not None and stored.status != ERROR:
                     redone[problem] = redone.get(problem, 0) + 1
             try:
                 # An unconverged run of this very input continues from where it stopped.
@@ -272,9 +265,9 @@ class _DefectRun:
 
     def _set_aside_vanished(self) -> None:
         """Move results of distortion folders no longer in the input tree out of ShakeNBreak's sight."""
-        vanished = [f for f in self.provenance["distortions"] if f not in self.folders]
+        vanished = [f for f in self.provenance.distortions if f not in self.folders]
         if vanished:
-            aside = set_aside(self.ml_dir, {f: self.provenance["distortions"].pop(f) for f in vanished})
+            aside = set_aside(self.ml_dir, {f: self.provenance.distortions.pop(f) for f in vanished})
             self._write_provenance()
             print(
                 f"{self.defect.name}: {len(vanished)} result(s) of distortions no longer in "
@@ -316,7 +309,7 @@ class _DefectRun:
             leave=True,
             disable=not self.settings.progress,
         ) as bar:
-            for folder, atoms in self.pending:
+            for folder, atoms in list(self.pending):  # finish() takes each one off the list
                 if self._write_error is not None:  # nowhere to put further results
                     break
                 bar.set_postfix_str(folder)
@@ -343,6 +336,8 @@ class _DefectRun:
         A distortion that finishes before Unperturbed waits for it: ``_High_Energy`` is judged
         against the Unperturbed energy.
         """
+        # The run owns its pending list, whichever engine relaxed the structure.
+        self.pending = [(f, atoms) for f, atoms in self.pending if f != folder]
         unperturbed_running = folder != "Unperturbed" and any(f == "Unperturbed" for f, _ in self.pending)
         if unperturbed_running and "Unperturbed" not in self.report.records:
             self._deferred.append((folder, outcome))
@@ -388,15 +383,13 @@ class _DefectRun:
 
     def _failed_write(self, error: OSError, echo: Any) -> None:
         if self._write_error is None:
-            message = write_failure_message(
-                self.ml_dir, error, self.folders, self.provenance.get("distortions", {})
-            )
+            message = write_failure_message(self.ml_dir, error, self.folders, self.provenance.distortions)
             self._write_error = self.report.error = message
             echo(f"Error for {self.defect.name}: {message}")
 
     def _start_provenance(self, charge: int) -> int | None:
         """Start this run's provenance from the stored one; return the stored defect charge."""
-        previous = _load_provenance(self.ml_dir)
+        previous = read_provenance(self.ml_dir)
         signature = self.settings.signature()
         model = {
             "name": self.model.name,
@@ -405,11 +398,11 @@ class _DefectRun:
             "head": self.model.head,
             "file": self.model.file_record(),
         }
-        if previous and not self.settings.force:
-            before = previous.get("model") or {}
-            if previous.get("signature") != signature:
+        if previous is not None and not self.settings.force:
+            before = previous.model
+            if previous.signature != signature:
                 raise OutputError(
-                    f"{self.ml_dir} holds results of other settings ({previous.get('signature')}); this run "
+                    f"{self.ml_dir} holds results of other settings ({previous.signature}); this run "
                     f"uses {signature}. Write to another tree (--output / output=), or redo them "
                     "(--force / force=True)."
                 )
@@ -429,19 +422,19 @@ class _DefectRun:
                     f"file {model['file']['path']} has sha256 {now_sha[:12]}…. Write to another tree "
                     "(--output / output=), or redo them (--force / force=True)."
                 )
-        self.provenance = {
-            "snb_ml_version": __version__,
-            "defect": self.defect.name,
-            "charge": charge,
-            "input_directory": self.input_label,
-            "signature": signature,
-            "model": model,
-            "settings": self.settings.as_dict(),
-            "distortions": {} if self.settings.force else dict(previous.get("distortions", {})),
-        }
+        self.provenance = Provenance(
+            snb_ml_version=__version__,
+            defect=self.defect.name,
+            charge=charge,
+            input_directory=self.input_label,
+            signature=signature,
+            model=model,
+            settings=self.settings.as_dict(),
+            distortions={} if self.settings.force or previous is None else dict(previous.distortions),
+        )
         # Written now, so an ML defect folder with results always says what it is (see the output guard).
         self._write_provenance()
-        return previous.get("charge") if previous else None
+        return previous.charge if previous is not None else None
 
     def _copy_metadata(self) -> None:
         for source, target in (
@@ -463,7 +456,7 @@ class _DefectRun:
         changed = judge_all(self.ml_dir, self.report.records, self.report.unperturbed_energy, threshold)
         for folder, record in self.report.records.items():
             if record.status != ERROR:
-                self.provenance["distortions"][folder] = record.to_json()
+                self.provenance.distortions[folder] = replace(record, skipped=False)
         self._write_provenance()
         if changed:
             print(f"{self.defect.name}: judged again against this run's Unperturbed energy: {changed}.")
@@ -503,16 +496,15 @@ class _DefectRun:
     def _save(self, record: DistortionRecord) -> None:
         record.input_sha256 = self._sources.get(record.folder)
         record.charge = self.report.charge
-        self.provenance["distortions"][record.folder] = record.to_json()
+        self.provenance.distortions[record.folder] = replace(record, skipped=False)
         self._write_provenance()
 
     def _write_provenance(self) -> None:
-        energies = energies_of(self.provenance["distortions"])
+        energies = energies_of(self.provenance.distortions)
         if energies:
             write_energies_yaml(self.ml_dir, self.defect.name, energies)
         # Strict JSON: settings are validated finite and records store NaN as null.
-        text = json.dumps(self.provenance, indent=2, default=str, allow_nan=False)
-        write_text(self.ml_dir / PROVENANCE_FILE, text)
+        write_provenance(self.ml_dir, self.provenance)
 
 
 def default_ml_tree(top: Path) -> Path:
@@ -556,7 +548,6 @@ def run_tree(
     identity = input_tree_identity(top, input_label)
     check_output_location(ml_top, top, selected, identity, settings.force)
     read_metadata(top / METADATA_FILE)  # one clear error for the whole tree, not one per defect
-    from snb_ml.batch.tree import choose_engine, relax_runs_batched
 
     choose_engine(settings, None, 0)  # reject impossible engine settings before anything is written
     model = model or load_model(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from snb_ml.errors import InputError
 from snb_ml.relax import RelaxSettings
 
 
@@ -47,8 +48,6 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         import json
-
-        from snb_ml.errors import InputError
 
         # Recorded in the provenance file, which must stay strict JSON (no NaN/Infinity).
         try:

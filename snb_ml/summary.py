@@ -7,6 +7,7 @@ import shlex
 from tabulate import tabulate
 
 from snb_ml.runner import RunReport
+from snb_ml.tree.status import Status
 
 
 def summary_rows(report: RunReport) -> list[list]:
@@ -19,7 +20,7 @@ def summary_rows(report: RunReport) -> list[list]:
             if record.energy is not None and reference is not None:
                 delta = f"{record.energy - reference:+.3f}"
             status = record.status + (" (cached)" if record.skipped else "")
-            note = record.message[:80] if record.status != "converged" else ""
+            note = record.message[:80] if record.status != Status.CONVERGED else ""
             seconds = "-" if record.skipped else f"{record.seconds:.1f}"  # no time spent this run
             rows.append([defect.name, folder, delta, status, record.steps, seconds, note])
         if defect.error:  # after the rows of what it did finish (e.g. a disk that filled up halfway)
@@ -37,8 +38,8 @@ def format_summary(report: RunReport) -> str:
         disable_numparse=True,  # keep "+0.000" rather than "-0"
     )
     records = [r for d in report.defects for r in d.records.values()]
-    relaxed = [r for r in records if not r.skipped and r.status != "error"]
-    converged = sum(r.status == "converged" for r in records)
+    relaxed = [r for r in records if not r.skipped and r.status != Status.ERROR]
+    converged = sum(r.status == Status.CONVERGED for r in records)
     per_relaxation = sum(r.seconds for r in relaxed) / len(relaxed) if relaxed else 0.0
     timing = f"{per_relaxation:.1f} s per relaxation"
     if report.engine == "batched" and relaxed:

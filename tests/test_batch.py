@@ -163,7 +163,7 @@ def test_chgnet_graph_arrays_are_chgnets_graph(cdte_tree, cell):
     from chgnet.graph import CrystalGraphConverter
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from snb_ml.batch.chgnet_graphs import graph_arrays
+    from snb_ml.relaxers.chgnet_graphs import graph_arrays
 
     # A 63-atom V_Cd cell, and a 2-atom cell where atoms bond to their own periodic images.
     atoms = cdte_starts(cdte_tree)[1] if cell == "defect" else bulk("CdTe", "zincblende", a=6.48)
@@ -193,8 +193,8 @@ def test_chgnet_graph_arrays_are_chgnets_graph(cdte_tree, cell):
 
 
 def test_chgnet_lanes_match_chgnets_own_calculator(cdte_tree):
-    from snb_ml.batch.evaluators import ChgnetBatchEvaluator
     from snb_ml.relaxers.chgnet_backend import load_chgnet
+    from snb_ml.relaxers.chgnet_batch import ChgnetBatchEvaluator
 
     calculator = load_chgnet(CalculatorRequest()).calculator
     structures = cdte_starts(cdte_tree)
@@ -218,7 +218,7 @@ def test_chgnet_lanes_match_chgnets_own_calculator(cdte_tree):
 def test_chgnet_graph_of_an_isolated_atom_is_refused():
     from ase import Atoms
 
-    from snb_ml.batch.chgnet_graphs import graph_arrays
+    from snb_ml.relaxers.chgnet_graphs import graph_arrays
 
     atoms = Atoms("Cd2", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[20, 20, 20], pbc=True)
     atoms += Atoms("Te", positions=[[12, 12, 12]])

@@ -195,9 +195,9 @@ def test_explicit_terms_round_trip_through_model_file_backend_and_batched_engine
     import torch
     from mace.calculators import MACECalculator
 
-    from snb_ml.batch.evaluators import MaceBatchEvaluator
     from snb_ml.relaxers.base import CalculatorRequest
     from snb_ml.relaxers.mace_backend import load_mace
+    from snb_ml.relaxers.mace_batch import MaceBatchEvaluator
 
     path = build_tiny_mace(tmp_path / "site.model", z_list=(8, 12), charge_mode="site")
     model = torch.load(path, weights_only=False)

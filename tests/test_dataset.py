@@ -15,7 +15,7 @@ from snb_ml.cli_dataset import dataset as dataset_command
 from snb_ml.cli_dataset import pick_hybrid
 from snb_ml.data import FilterSettings, HarvestSettings, harvest
 from snb_ml.data.picker import pick_frames, write_inputs
-from snb_ml.errors import InputError
+from snb_ml.errors import InputError, OutputError
 
 TREE = Path(__file__).parent / "data" / "vasp" / "MgO_tree"
 ALL = FilterSettings(frames_per_relaxation=None, window=None)
@@ -286,11 +286,11 @@ def test_pick_hybrid_writes_inputs_without_potcar(tree, tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["INCAR", "KPOINTS", "POSCAR"]
         incar = (folder / "INCAR").read_text()
         assert "LHFCALC = .TRUE." in incar and "NSW = 0" in incar and "HFSCREEN = 0.2" in incar
-        assert (
-            "NELECT = 858.0" in incar
-            if record["charge_state"] == 2
-            else "NELECT = 860.0" in incar or "864" in incar
-        )
+        # The electron count of each cell and charge: 108 Mg (2 e) + 108 O (6 e) in bulk; Mg on an O site
+        # gives 109 Mg + 107 O = 860 electrons when neutral, two fewer at +2.
+        nelect = {("MgO_bulk", 0): 864.0, ("Mg_O", 0): 860.0, ("Mg_O", 2): 858.0}
+        expected = nelect[(record["defect"], record["charge_state"])]
+        assert [line for line in incar.splitlines() if "NELECT" in line] == [f"NELECT = {expected}"]
         assert "IBRION = 2" not in incar and "ISPIN = 2" in incar
         assert len(read(folder / "POSCAR")) == 216
     assert "POTCAR" in (out / "README.md").read_text()
@@ -298,7 +298,12 @@ def test_pick_hybrid_writes_inputs_without_potcar(tree, tmp_path):
     frames = read(dataset / "train.xyz", index=":") + read(dataset / "valid.xyz", index=":")
     with pytest.raises(InputError, match="fraction"):
         pick_frames(frames, 0.0)
-    assert write_inputs is not None
+    # Writing the inputs into a source DFT folder is refused before anything is written.
+    source = Path(str(frames[0].info["source"])).parent
+    listing = sorted(p.name for p in source.iterdir())
+    with pytest.raises(OutputError, match="inside the source DFT folder"):
+        write_inputs(frames[:1], source, dataset)
+    assert sorted(p.name for p in source.iterdir()) == listing
 
 
 def test_hybrid_incar_overrides_tags_set_on_one_line(tmp_path):

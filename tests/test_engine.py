@@ -49,7 +49,12 @@ def test_collapse_is_stopped_as_exploded():
     result = relax(atoms, calculator, RelaxSettings(fmax=0.01, steps=500), reference_distance=reference)
     assert result.status == EXPLODED
     assert "apart" in result.message
-    assert min_interatomic_distance(result.atoms) >= 0.0
+    # The guard's limit: half the reference distance (the start is the reference, so 0.8 x start is larger).
+    limit = 0.5 * reference
+    assert f"limit {limit:.2f} Å" in result.message
+    # It stopped at the step that crossed the limit, long before the step budget ran out.
+    assert min_interatomic_distance(result.atoms) < limit < reference
+    assert 0 < result.steps < 500
 
 
 class NaNAfter(Calculator):

@@ -22,7 +22,9 @@ from monty.serialization import loadfn
 
 import snb_ml.atomic
 import snb_ml.runner
+import snb_ml.safe_write
 import snb_ml.snbtree
+import snb_ml.tree.layout
 from snb_ml.cli import main
 from snb_ml.errors import InputError, ModelError, OutputError
 from snb_ml.relax import RelaxSettings
@@ -274,7 +276,7 @@ def full_disk_after(monkeypatch, defect: str, contcars: int):
 
     The error is raised inside snb_ml's real atomic writer, as a failed write() would be (no file name).
     """
-    real = snb_ml.atomic.atomic_path
+    real = snb_ml.safe_write.atomic_path
     written: list[Path] = []
     full = []
 
@@ -288,7 +290,7 @@ def full_disk_after(monkeypatch, defect: str, contcars: int):
                 raise OSError(errno.ENOSPC, "No space left on device")
             yield temporary
 
-    for module in (snb_ml.atomic, snb_ml.runner, snb_ml.snbtree):
+    for module in (snb_ml.atomic, snb_ml.safe_write, snb_ml.runner, snb_ml.snbtree, snb_ml.tree.layout):
         monkeypatch.setattr(module, "atomic_path", writer)
     yield
     monkeypatch.undo()

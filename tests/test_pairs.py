@@ -146,7 +146,10 @@ def test_cu_vacancy_pair_tree_relaxes_and_shakenbreak_reads_it(tmp_path):
     structures = get_structures("v_Cu_0", output_path=ml)
     assert "-40.0%_from_pair0-1" in structures and "Dimer_from_pair0-12" in structures
     assert len(compare_structures(structures, energies, verbose=False)) == 9
-    assert plot_defect("v_Cu_0", energies, output_path=ml, save_plot=False) is not None
+    figure = plot_defect("v_Cu_0", energies, output_path=ml, save_plot=False)
+    # ShakeNBreak plots every ML energy of the pair tree (one point per start, Unperturbed at 0).
+    plotted = sorted(float(y) for ax in figure.axes for c in ax.collections for _, y in c.get_offsets())
+    assert plotted == pytest.approx(sorted([*energies["distortions"].values(), energies["Unperturbed"]]))
 
 
 def test_substitution_site_found_in_snb_generated_tree(tmp_path):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from snb_ml.atomic import atomic_path, remove_stale_temporaries
 from snb_ml.errors import InputError, OutputError
+from snb_ml.safe_write import atomic_path, remove_stale_temporaries
 from snb_ml.snbtree import (
     DefectInput,
     check_ml_defect_dir,

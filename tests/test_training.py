@@ -85,7 +85,10 @@ def test_training_reduces_loss_and_writes_reproducible_files(trained):
     assert defect.info["config_energy_weight"] == pytest.approx(expected)
     with open(site.model_dir / "train.log") as log:
         assert "MAE_E" in log.read()  # MACE's TotalMAE table: energy error per cell
-    assert all(h["mae_e"] is not None for h in site.history if h["epoch"] is not None)
+    validated = [h for h in site.history if h["epoch"] is not None]
+    assert validated
+    for h in validated:  # parsed from MACE's log: finite, and per atom smaller than per cell
+        assert np.isfinite(h["mae_e"]) and 0 < h["mae_e_per_atom"] < h["mae_e"]
 
 
 def test_charge_aware_model_separates_charges_the_blind_one_cannot(trained):
@@ -139,7 +142,14 @@ def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
     assert list(report["by_charge"]) == ["-1", "0"] and list(report["by_head"]) == ["pbe"]
     for stats in report["by_charge"].values():
         assert {"energy_mae", "energy_rmse", "force_mae", "force_rmse", "energy_mae_per_atom"} <= set(stats)
-    assert report["relative_energy"]["mae"] is not None
+    relative = report["relative_energy"]
+    assert relative["n_frames"] > 0 and relative["per_group"]
+    # A mean of absolute errors: at most their RMS, and between the smallest and largest group mean.
+    assert 0 < relative["mae"] <= relative["rmse"]
+    assert min(relative["per_group"].values()) <= relative["mae"] <= max(relative["per_group"].values())
+    assert f"Relative energy MAE (vs each defect's lowest DFT frame): {1000 * relative['mae']:.1f} meV" in (
+        result.stdout
+    )
     assert (report_dir / "energy_parity.png").is_file() and (report_dir / "forces_parity.png").is_file()
 
 

@@ -86,6 +86,5 @@ def relax_runs_batched(runs: list, model: LoadedModel, settings: RunSettings) ->
         )
         for job, outcome in outcomes:
             run, folder = job.key
-            run.finish(folder, outcome, bar.write)
-            run.pending = [(f, a) for f, a in run.pending if f != folder]
+            run.finish(folder, outcome, bar.write)  # also takes the folder off run.pending
             bar.update(1)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from snb_ml.data.minima import CONTCAR, MINIMUM, TRAJECTORY, is_minimum_folder
 from snb_ml.data.vasp import output_files
-from snb_ml.snbtree import TRAJECTORY_FILE, is_distortion_dir, split_charge
+from snb_ml.tree.layout import TRAJECTORY_FILE, is_distortion_dir
+from snb_ml.tree.metadata import split_charge
 
 _VASP_SUBFOLDER = re.compile(r"^vasp_\w+$")
 _SKIP_DIRS = {".git", "__pycache__", ".snb_ml_handoff"}

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.atomic import atomic_path, write_text
 from snb_ml.data.discover import find_calculations
 from snb_ml.data.filters import FilterSettings, apply_filters
 from snb_ml.data.frames import CHARGE_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY, harvest_calculation
@@ -22,6 +21,7 @@ from snb_ml.data.minima import LABEL_KIND_KEY, MINIMUM, same_structure
 from snb_ml.data.sites import locate_site
 from snb_ml.data.splits import SPLITS, split_frames
 from snb_ml.errors import InputError, OutputError
+from snb_ml.safe_write import atomic_path, write_text
 
 ENERGY_CONVENTION = (
     "REF_energy is VASP's energy(sigma->0) (ASE 'energy'; what ShakeNBreak's snb-parse and doped use); "

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snb_ml.data.vasp import fidelity, read_incar
 from snb_ml.errors import InputError
+from snb_ml.tree.layout import is_distortion_dir
+from snb_ml.tree.metadata import split_charge
 
 CONTCAR = "CONTCAR"
 #: ``info["label_kind"]`` of frames: an ionic step of a DFT relaxation, or a minimum read from a yaml.
@@ -40,8 +43,6 @@ def is_minimum_folder(folder: Path) -> bool:
 
     The caller has already found no OUTCAR/vasprun.xml in ``folder``.
     """
-    from snb_ml.snbtree import is_distortion_dir
-
     defect_folder = folder.parent
     return (
         is_distortion_dir(folder)
@@ -139,9 +140,6 @@ def read_minimum(folder: Path) -> tuple[MinimumRecord | None, str | None]:
             CONTCAR is unreadable.
     """
     from ase.io import read
-
-    from snb_ml.data.vasp import fidelity, read_incar
-    from snb_ml.snbtree import split_charge
 
     defect_folder = folder.parent
     energy = energy_of(folder, read_dft_energies(defect_folder))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from snb_ml.atomic import atomic_path, write_text
 from snb_ml.data.frames import ENERGY_KEY
 from snb_ml.data.vasp import read_incar
 from snb_ml.errors import InputError, OutputError
+from snb_ml.safe_write import atomic_path, write_text
 
 SITE_NEIGHBOURS = 12
 REF_KEY = "gga_energy"  # the picked frame's GGA energy in picked.json

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from snb_ml.errors import InputError
+from snb_ml.tree.metadata import find_defect_metadata
 
 CELL_TOLERANCE = 0.1  # Å per lattice vector for a bulk cell to count as the same supercell
 SITE_MARGIN = 0.3  # Å: the chosen vacancy/interstitial site must stand out from the runner-up by this much
@@ -30,13 +31,11 @@ SITE_MARGIN = 0.3  # Å: the chosen vacancy/interstitial site must stand out fro
 
 def site_from_metadata(defect_folder: Path, atoms) -> np.ndarray | None:
     """Cartesian defect site from ShakeNBreak's ``unique_site``, or ``None`` without metadata."""
-    from snb_ml.minima.fingerprints import load_defect_metadata
-
     try:
-        _, entry, _ = load_defect_metadata(defect_folder)
+        metadata = find_defect_metadata(defect_folder)
     except InputError:
         return None
-    frac = np.asarray(entry.get("unique_site", []), dtype=float)
+    frac = np.asarray(metadata.unique_site or [], dtype=float)
     if frac.shape != (3,):
         return None
     return frac @ np.asarray(atoms.cell)

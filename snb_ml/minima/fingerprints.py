@@ -44,14 +44,10 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import (
-    METADATA_FILE,
-    PROVENANCE_FILE,
-    STRUCTURE_INPUTS,
-    load_json,
-    read_input_structure,
-    split_charge,
-)
+from snb_ml.tree.layout import STRUCTURE_INPUTS, read_input_structure
+from snb_ml.tree.metadata import METADATA_FILE, find_defect_metadata
+from snb_ml.tree.metadata import load_defect_metadata as load_defect_metadata  # its former home
+from snb_ml.tree.provenance import read_provenance
 
 SITE_TOLERANCE = 0.5  # Å: an atom this close to unique_site in Unperturbed sits on the defect site
 SHELL_TOLERANCE = 1.15  # nearest-neighbour shell: atoms within this factor of the closest distance
@@ -114,65 +110,6 @@ class DefectSite:
         return self.atom_index is None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    data = load_json(path, "copy it again from the ShakeNBreak tree.", error=InputError)
-    return data if isinstance(data, dict) else None
-
-
-def _pick_entry(defects: dict[str, Any], folder_name: str, single_file: bool) -> tuple[str, dict] | None:
-    stem, charge = split_charge(folder_name)
-    if stem in defects:
-        return stem, defects[stem]
-    if single_file and len(defects) == 1:
-        return next(iter(defects.items()))
-    matches = [
-        (name, entry)
-        for name, entry in defects.items()
-        if charge is not None and folder_name.startswith(name) and str(charge) in entry.get("charges", {})
-    ]
-    return matches[0] if len(matches) == 1 else None
-
-
-def load_defect_metadata(ml_defect_dir: str | Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Find the metadata of one defect folder in the copied ``distortion_metadata.json`` files.
-
-    The defect folder's own copy is read first, then the one at the top of the ML tree.
-
-    Args:
-        ml_defect_dir: The defect's folder in the ML tree (e.g. ``ml_tree/v_Cd_0``).
-
-    Returns:
-        The defect's metadata name, its entry (with ``unique_site``) and its charge entry (with
-        ``distorted_atoms``; empty if the charge is not listed).
-
-    Raises:
-        InputError: If no metadata file lists this defect.
-    """
-    directory = Path(ml_defect_dir)
-    for path, single in ((directory / METADATA_FILE, True), (directory.parent / METADATA_FILE, False)):
-        data = _read_json(path)
-        defects = data.get("defects") if data else None
-        if not isinstance(defects, dict) or not defects:
-            continue
-        picked = _pick_entry(defects, directory.name, single)
-        if picked is None or "unique_site" not in picked[1]:
-            continue
-        name, entry = picked
-        charges = entry.get("charges", {})
-        charge = split_charge(directory.name)[1]
-        if charge is not None and str(charge) in charges:
-            charge_entry = charges[str(charge)]
-        else:
-            charge_entry = next(iter(charges.values())) if len(charges) == 1 else {}
-        return name, entry, charge_entry
-    raise InputError(
-        f"Cannot identify the defect site of {directory}: no {METADATA_FILE} there or in {directory.parent} "
-        f"lists defect '{directory.name}' with a unique_site. snb-ml run copies ShakeNBreak's metadata "
-        "into the ML tree; copy distortion_metadata.json from the ShakeNBreak defect folder into "
-        f"{directory} (or rerun snb-ml run on a tree written by snb-generate)."
-    )
-
-
 def read_unperturbed(ml_defect_dir: str | Path) -> Atoms:
     """The starting Unperturbed structure of a defect: the ML tree's copy, else the input tree's.
 
@@ -181,9 +118,9 @@ def read_unperturbed(ml_defect_dir: str | Path) -> Atoms:
     """
     directory = Path(ml_defect_dir)
     candidates = [directory / "Unperturbed"]
-    provenance = _read_json(directory / PROVENANCE_FILE) or {}
-    if provenance.get("input_directory"):
-        candidates.append(Path(provenance["input_directory"]) / "Unperturbed")
+    provenance = read_provenance(directory, "copy it again from the ShakeNBreak tree.", error=InputError)
+    if provenance is not None and provenance.input_directory:
+        candidates.append(Path(provenance.input_directory) / "Unperturbed")
     for candidate in candidates:
         if candidate.is_dir() and any((candidate / name).is_file() for name, _ in STRUCTURE_INPUTS):
             return read_input_structure(candidate)
@@ -203,8 +140,8 @@ def _mic_vectors(atoms: Atoms, origin: np.ndarray, indices: np.ndarray | None = 
     return vectors
 
 
-def _valid_neighbours(charge_entry: dict[str, Any], atoms: Atoms, exclude: int | None) -> tuple[int, ...]:
-    pairs = [p for p in charge_entry.get("distorted_atoms") or [] if isinstance(p, list | tuple) and p]
+def _valid_neighbours(distorted_atoms: list, atoms: Atoms, exclude: int | None) -> tuple[int, ...]:
+    pairs = [p for p in distorted_atoms if isinstance(p, list | tuple) and p]
     symbols = atoms.get_chemical_symbols()
     # ShakeNBreak stores 0-based indices; versions before 3.0 stored 1-based ones.
     for offset in (0, -1):
@@ -232,14 +169,15 @@ def identify_defect_site(ml_defect_dir: str | Path, unperturbed: Atoms | None = 
             is given but no atom sits near ``unique_site``.
     """
     directory = Path(ml_defect_dir)
-    name, entry, charge_entry = load_defect_metadata(directory)
+    metadata = find_defect_metadata(directory)
+    name = metadata.name
     atoms = unperturbed if unperturbed is not None else read_unperturbed(directory)
-    frac = np.asarray(entry["unique_site"], dtype=float)
+    frac = np.asarray(metadata.unique_site, dtype=float)
     if frac.shape != (3,):
         raise InputError(f"unique_site of '{name}' in {directory / METADATA_FILE} is not 3 coordinates.")
     origin = atoms.cell.cartesian_positions(frac)
     distances = np.linalg.norm(_mic_vectors(atoms, origin), axis=1)
-    index = entry.get("defect_site_index")
+    index = metadata.entry.get("defect_site_index")
     atom_index: int | None = None
     if isinstance(index, int) and 0 <= index < len(atoms) and distances[index] <= SITE_TOLERANCE:
         atom_index = index
@@ -255,7 +193,7 @@ def identify_defect_site(ml_defect_dir: str | Path, unperturbed: Atoms | None = 
     if len(atoms) < 2:
         raise InputError(f"The Unperturbed structure of {directory} has no atoms around the defect site.")
     shell = _shell(atoms, origin, exclude=atom_index)
-    neighbours = _valid_neighbours(charge_entry, atoms, atom_index) or shell
+    neighbours = _valid_neighbours(metadata.distorted_atoms, atoms, atom_index) or shell
     return DefectSite(
         name=name,
         frac_coords=(float(frac[0]), float(frac[1]), float(frac[2])),

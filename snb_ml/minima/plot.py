@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snb_ml.atomic import atomic_path
 from snb_ml.minima.trust import bond_distortion
+from snb_ml.safe_write import atomic_path
 
 if TYPE_CHECKING:
     from snb_ml.minima.selection import DefectSelection

@@ -43,26 +43,28 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.atomic import write_text
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.minima.clustering import Cluster, cluster_minima
 from snb_ml.minima.fingerprints import (
-    DefectFingerprinter,
     SoapParameters,
     cosine_distance,
     distance_matrix,
     identify_defect_site,
     read_unperturbed,
 )
+from snb_ml.minima.plot import plot_selection
 from snb_ml.minima.results import (
     DefectSelection,
     ExtraStart,
     SelectedCluster,
     TreeSelection,
 )
-from snb_ml.minima.trust import ENERGY_NOISE, POLICIES, assess_minima, bond_distortion, exploration_starts
-from snb_ml.relax import CONVERGED, UNCONVERGED
-from snb_ml.snbtree import PROVENANCE_FILE, DefectInput, load_json
+from snb_ml.minima.trust import ENERGY_NOISE, assess_minima, bond_distortion, exploration_starts
+from snb_ml.plugins import get_fingerprint, get_selection_policy
+from snb_ml.safe_write import remove_stale_temporaries, write_text
+from snb_ml.tree.layout import DefectInput
+from snb_ml.tree.provenance import PROVENANCE_FILE, DistortionRecord, Provenance, read_provenance
+from snb_ml.tree.status import ENERGY_STATUSES, Status
 
 DEFAULT_THRESHOLD = 1.5e-2
 CALIBRATION_FMAX = 0.01
@@ -77,7 +79,7 @@ def _order_key(folder: str) -> tuple:
     return (1, key, folder) if key is not None else (2, 0.0, folder)
 
 
-def _load_provenance(directory: Path) -> dict[str, Any]:
+def _read_results(directory: Path) -> Provenance:
     if not directory.is_dir():
         raise InputError(
             f"ML tree folder {directory} does not exist. Run `snb-ml run` on the ShakeNBreak tree first "
@@ -89,30 +91,29 @@ def _load_provenance(directory: Path) -> dict[str, Any]:
             f"{directory} has no {PROVENANCE_FILE}, so it is not a defect folder of an ML tree written by "
             "snb-ml run. Pass the ML tree (e.g. ml_tree or ml_tree/v_Cd_0), after running `snb-ml run`."
         )
-    provenance = load_json(path, "rerun snb-ml run for this defect.", error=InputError) or {}
-    if not provenance.get("distortions"):
+    provenance = read_provenance(directory, "rerun snb-ml run for this defect.", error=InputError)
+    if provenance is None or not provenance.distortions:
         raise InputError(f"{path} records no relaxations. Run `snb-ml run` for this defect first.")
     return provenance
 
 
-def _missing_results(directory: Path, provenance: dict[str, Any]) -> list[str]:
-    records = provenance["distortions"]
+def _missing_results(directory: Path, provenance: Provenance) -> list[str]:
+    records = provenance.distortions
     expected: list[str] = []
-    source = Path(str(provenance.get("input_directory") or ""))
+    source = Path(str(provenance.input_directory or ""))
     if source.is_absolute() and source.is_dir():
         expected = DefectInput(directory.name, source).distortion_folders()
     missing = [folder for folder in expected if folder not in records]
     for folder, record in records.items():
-        output = directory / (record.get("output_folder") or folder) / "CONTCAR"
-        if record.get("status") != "error" and not output.is_file():
+        output = directory / record.result_folder / "CONTCAR"
+        if record.status != Status.ERROR and not output.is_file():
             missing.append(folder)
     return sorted(set(missing), key=_order_key)
 
 
-def _exclusion_reason(record: dict[str, Any]) -> str:
-    status = record.get("status", "unknown")
-    message = record.get("message") or ""
-    return f"{status}: {message}" if message else status
+def _exclusion_reason(record: DistortionRecord) -> str:
+    status = str(record.status)
+    return f"{status}: {record.message}" if record.message else status
 
 
 def _read_contcar(path: Path, count: int):
@@ -144,6 +145,7 @@ def select_defect(
     write: bool = True,
     policy: str = "protect",
     noise: float = ENERGY_NOISE,
+    fingerprint: str = "soap",
 ) -> DefectSelection:
     """Group the ML minima of one defect into structural basins and pick one per basin for DFT.
 
@@ -161,8 +163,12 @@ def select_defect(
         policy: ``protect`` (default): the distinct basins, plus, when the minima are not trusted
             (:func:`~snb_ml.minima.trust.assess_minima`), the exploration set of original starts
             (:func:`~snb_ml.minima.trust.exploration_starts`), plus Unperturbed (the energy
-            reference the hand-off keeps anyway). ``lean``: the distinct basins only.
+            reference the hand-off keeps anyway). ``lean``: the distinct basins only. A plugin may
+            register others (:func:`~snb_ml.hookspecs.register_selection_policies`).
         noise: ML energy spread (eV) below which the model cannot rank its minima.
+        fingerprint: The defect-site fingerprint: ``soap`` (default, the calibrated one) or one a
+            plugin registers (:func:`~snb_ml.hookspecs.register_fingerprints`); the threshold is in
+            cosine distance of its vectors.
 
     Returns:
         The selection.
@@ -174,11 +180,11 @@ def select_defect(
     directory = Path(ml_defect_dir).resolve()
     if threshold < 0 or (window is not None and window < 0) or noise < 0:
         raise InputError(f"threshold, window and noise must be >= 0 (got {threshold}, {window}, {noise}).")
-    if policy not in POLICIES:
-        raise InputError(f"Unknown selection policy '{policy}'; choose one of {', '.join(POLICIES)}.")
+    choose_extras = get_selection_policy(policy).provider
+    make_fingerprinter = get_fingerprint(fingerprint).provider
     soap = soap or SoapParameters()
-    provenance = _load_provenance(directory)
-    records: dict[str, dict[str, Any]] = provenance["distortions"]
+    provenance = _read_results(directory)
+    records = provenance.distortions
     missing = _missing_results(directory, provenance)
     if missing and not allow_incomplete:
         raise InputError(
@@ -188,11 +194,11 @@ def select_defect(
         )
     excluded = {folder: "no ML result (run not finished)" for folder in missing}
     candidates = sorted(
-        (f for f, r in records.items() if r.get("status") == CONVERGED and f not in excluded), key=_order_key
+        (f for f, r in records.items() if r.status == Status.CONVERGED and f not in excluded), key=_order_key
     )
-    excluded.update({f: _exclusion_reason(r) for f, r in records.items() if r.get("status") != CONVERGED})
+    excluded.update({f: _exclusion_reason(r) for f, r in records.items() if r.status != Status.CONVERGED})
     if not candidates:
-        statuses = ", ".join(f"{f}: {r.get('status')}" for f, r in sorted(records.items()))
+        statuses = ", ".join(f"{f}: {r.status}" for f, r in sorted(records.items()))
         raise InputError(
             f"No relaxation of {directory.name} converged ({statuses}), so there are no minima to select. "
             "Rerun snb-ml run with more --steps (unconverged runs continue from their CONTCAR)."
@@ -200,7 +206,7 @@ def select_defect(
     unperturbed = read_unperturbed(directory)
     site = identify_defect_site(directory, unperturbed)
     structures = {
-        f: _read_contcar(directory / (records[f].get("output_folder") or f) / "CONTCAR", len(unperturbed))
+        f: _read_contcar(directory / records[f].result_folder / "CONTCAR", len(unperturbed))
         for f in candidates
     }
     reference_file = directory / "Unperturbed" / "CONTCAR"
@@ -212,17 +218,18 @@ def select_defect(
     species = sorted(
         {s for atoms in [unperturbed, *structures.values()] for s in atoms.get_chemical_symbols()}
     )
-    fingerprint = DefectFingerprinter(species, site, soap, include_neighbours=include_neighbours)
-    fingerprints = {f: fingerprint(atoms) for f, atoms in structures.items()}
-    reference_fingerprint = fingerprint(reference)
+    fingerprinter = make_fingerprinter(species, site, soap, include_neighbours=include_neighbours)
+    fingerprints = {f: np.asarray(fingerprinter(atoms), dtype=float) for f, atoms in structures.items()}
+    reference_fingerprint = np.asarray(fingerprinter(reference), dtype=float)
     matrix = distance_matrix([fingerprints[f] for f in candidates])
-    energies = {f: float(records[f]["energy"]) for f in candidates}
+    energies = {f: float(records[f].energy) for f in candidates}
     raw_clusters = cluster_minima(candidates, [energies[f] for f in candidates], matrix, threshold, linkage)
-    unperturbed_record = records.get("Unperturbed", {})
+    unperturbed_record = records.get("Unperturbed")
     e_unperturbed = (
-        float(unperturbed_record["energy"])
-        if unperturbed_record.get("status") in (CONVERGED, UNCONVERGED)
-        and unperturbed_record.get("energy") is not None
+        float(unperturbed_record.energy)
+        if unperturbed_record is not None
+        and unperturbed_record.status in ENERGY_STATUSES
+        and unperturbed_record.energy is not None
         else None
     )
     lowest = min(energies.values())
@@ -267,9 +274,8 @@ def select_defect(
         policy=policy,
         trust=trust,
     )
-    if policy == "protect":
-        usable = [f for f, r in records.items() if r.get("status") != "error"] + missing
-        selection.extras = _protect_extras(selection, sorted(set(usable), key=_order_key))
+    usable = [f for f, r in records.items() if r.status != Status.ERROR] + missing
+    selection.extras = list(choose_extras(selection, sorted(set(usable), key=_order_key)))
     if write:
         write_selection(selection)
     return selection
@@ -291,8 +297,8 @@ def _summarise(
     )
 
 
-def _protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
-    """Exploration starts when the minima are not trusted, then Unperturbed as the reference."""
+def protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
+    """The ``protect`` policy: exploration starts when the minima are not trusted, then Unperturbed."""
     extras: list[ExtraStart] = []
     if not selection.trust.trusted:
         why = ", ".join(selection.trust.codes)
@@ -316,8 +322,8 @@ def _protect_extras(selection: DefectSelection, usable: list[str]) -> list[Extra
     return extras
 
 
-def _fmax_note(provenance: dict[str, Any]) -> list[str]:
-    fmax = (provenance.get("signature") or {}).get("fmax")
+def _fmax_note(provenance: Provenance) -> list[str]:
+    fmax = provenance.fmax
     if isinstance(fmax, int | float) and fmax > 2 * CALIBRATION_FMAX:
         return [
             f"relaxed to fmax {fmax:g} eV/Å; the threshold was calibrated at {CALIBRATION_FMAX:g} eV/Å. "
@@ -329,14 +335,11 @@ def _fmax_note(provenance: dict[str, Any]) -> list[str]:
 
 def write_selection(selection: DefectSelection) -> tuple[Path, Path]:
     """Atomically write ``snb_ml_selection.json`` and ``snb_ml_selection.png`` into the defect folder."""
-    from snb_ml.atomic import remove_stale_temporaries
-
     # A killed select leaves its temporary files behind (only its own: a run may be writing here).
     remove_stale_temporaries(selection.directory, names=(SELECTION_FILE, SELECTION_PLOT))
     json_path = selection.directory / SELECTION_FILE
     write_text(json_path, json.dumps(selection.to_json(), indent=2) + "\n")
     plot_path = selection.directory / SELECTION_PLOT
-    from snb_ml.minima.plot import plot_selection
 
     plot_selection(selection, plot_path)
     return json_path, plot_path

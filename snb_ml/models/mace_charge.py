@@ -16,14 +16,13 @@ import numpy as np
 
 from snb_ml.errors import ModelError
 from snb_ml.models.charge import DEFAULT_CHARGE_MODE, charge_embedding_specs, detect_charge_mode
+from snb_ml.relaxers.mace_loading import import_mace, load_torch_model
 
 _EMBEDDING_PREFIXES = ("joint_embedding.", "embedding_readout.")
 
 
 def _mace_modules() -> Any:
-    from snb_ml.relaxers.mace_backend import _import_mace
-
-    _import_mace()  # sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported
+    import_mace()  # sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported
     from mace import modules
 
     return modules
@@ -146,12 +145,10 @@ def build_charge_aware_mace(
 
 def _load_source(source: Any) -> Any:
     if isinstance(source, (str, Path)):
-        from snb_ml.relaxers.mace_backend import _load_torch_model
-
         if not Path(source).is_file():
             raise ModelError(f"MACE model file '{source}' does not exist or is not a file.")
 
-        return _load_torch_model(str(source), "cpu")
+        return load_torch_model(str(source), "cpu")
     return source
 
 

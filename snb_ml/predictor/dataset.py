@@ -30,15 +30,21 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.splits import SPLITS, split_frames
+from snb_ml.data.vasp import UnreadableFile, output_files, read_outcar_frames
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.predictor.markers import MarkedStructure, mark_defect, with_positions
+from snb_ml.safe_write import atomic_path, write_text
+from snb_ml.tree.layout import is_defect_dir, is_distortion_dir
+from snb_ml.tree.metadata import charge_from_folder, defect_site_fractional, split_charge
+from snb_ml.tree.provenance import PROVENANCE_FILE, Provenance, read_provenance
+from snb_ml.tree.status import Status
 
 DATASET_KIND = "snb_ml.single_step.pairs"
 TARGET_KEY = "relaxed_positions"
 MARKER_KEY = "defect_marker"
 SPLIT_MODES = ("defect", "composition", "relaxation")
-_USABLE_ML_STATUSES = ("converged", "high_energy")
-_PROVENANCE = "snb_ml_provenance.json"
+_USABLE_ML_STATUSES = (Status.CONVERGED, Status.HIGH_ENERGY)
 
 
 @dataclass
@@ -111,8 +117,6 @@ def _unwrapped_target(start: Atoms, final: Atoms, where: str) -> np.ndarray:
 
 
 def _locate(defect_dir: Path, start: Atoms, charge: int, bulks: list[Atoms], where: str) -> MarkedStructure:
-    from snb_ml.snbtree import defect_site_fractional
-
     fractional = defect_site_fractional(defect_dir)
     if fractional is not None:
         return mark_defect(start, charge, site=np.asarray(fractional) @ start.cell.array, where=where)
@@ -180,19 +184,18 @@ def _as_atoms(positions: np.ndarray, like: Atoms) -> Atoms:
 def _ml_pairs(defect_dir: Path, tree_name: str, bulks, settings: PairSettings, skipped: list) -> list[Atoms]:
     from ase.io import read
 
-    from snb_ml.snbtree import DefectInput, load_json, parse_charge, split_charge
-
-    provenance = (
-        load_json(defect_dir / _PROVENANCE, "rerun snb-ml run for this defect.", error=InputError) or {}
-    )
-    charge = int(provenance.get("charge", parse_charge(DefectInput(defect_dir.name, defect_dir))))
-    model = (provenance.get("model") or {}).get("name", "unknown")
+    provenance = read_provenance(defect_dir, "rerun snb-ml run for this defect.", error=InputError)
+    provenance = provenance if provenance is not None else Provenance()
+    charge = provenance.charge
+    if charge is None:
+        charge = charge_from_folder(defect_dir)
+    model = provenance.model_name
     frames = []
-    for folder, record in sorted(provenance.get("distortions", {}).items()):
+    for folder, record in sorted(provenance.distortions.items()):
         where = f"{defect_dir}/{folder}"
-        output = defect_dir / (record.get("output_folder") or folder)
-        if record.get("status") not in _USABLE_ML_STATUSES or not (output / "CONTCAR").is_file():
-            skipped.append(f"{where}: ML status {record.get('status')}")
+        output = defect_dir / record.result_folder
+        if record.status not in _USABLE_ML_STATUSES or not (output / "CONTCAR").is_file():
+            skipped.append(f"{where}: ML status {record.status}")
             continue
         try:
             start = _read_vasp(output / "POSCAR")
@@ -216,8 +219,6 @@ def _ml_pairs(defect_dir: Path, tree_name: str, bulks, settings: PairSettings, s
 
 
 def _dft_pairs(defect_dir: Path, tree_name: str, bulks, settings: PairSettings, skipped: list) -> list[Atoms]:
-    from snb_ml.data.vasp import UnreadableFile, output_files, read_outcar_frames
-    from snb_ml.snbtree import DefectInput, is_distortion_dir, parse_charge, split_charge
 
     frames = []
     charge = None
@@ -227,7 +228,7 @@ def _dft_pairs(defect_dir: Path, tree_name: str, bulks, settings: PairSettings, 
             continue
         try:
             if charge is None:
-                charge = parse_charge(DefectInput(defect_dir.name, defect_dir))
+                charge = charge_from_folder(defect_dir)
             start = _read_vasp(folder / "POSCAR")
             target = _unwrapped_target(start, _read_vasp(folder / "CONTCAR"), where)
             marked = _locate(defect_dir, start, charge, bulks, where)
@@ -254,7 +255,6 @@ def _dft_pairs(defect_dir: Path, tree_name: str, bulks, settings: PairSettings, 
 
 
 def _defect_dirs(paths: list[Path]) -> list[Path]:
-    from snb_ml.snbtree import is_defect_dir
 
     found = []
     for root in paths:
@@ -290,8 +290,6 @@ def harvest_pairs(
     """
     from tqdm import tqdm
 
-    from snb_ml.data.splits import split_frames
-
     settings = settings or PairSettings()
     if settings.split not in SPLIT_MODES:
         raise InputError(f"Unknown split {settings.split!r}; choose one of {', '.join(SPLIT_MODES)}.")
@@ -306,7 +304,7 @@ def harvest_pairs(
     directories = _defect_dirs(roots)
     for defect_dir in tqdm(directories, desc="Harvesting pairs", unit="defect", disable=not progress):
         tree_name = defect_dir.parent.name
-        if (defect_dir / _PROVENANCE).is_file():
+        if (defect_dir / PROVENANCE_FILE).is_file():
             frames += _ml_pairs(defect_dir, tree_name, bulks, settings, skipped)
         else:
             frames += _dft_pairs(defect_dir, tree_name, bulks, settings, skipped)
@@ -345,9 +343,6 @@ def _read_any(path: Path) -> Atoms:
 def write_pairs(report: PairReport, out: Path, paths: list, settings: PairSettings) -> None:
     """Write ``train.xyz``, ``valid.xyz``, ``test.xyz`` and ``dataset.json`` atomically."""
     from ase.io import write
-
-    from snb_ml.atomic import atomic_path, write_text
-    from snb_ml.data.splits import SPLITS
 
     for split in SPLITS:
         with atomic_path(out / f"{split}.xyz") as temporary:

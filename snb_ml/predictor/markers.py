@@ -34,7 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.sites import site_from_bulk
 from snb_ml.errors import InputError
+from snb_ml.models.charge import MARKER_RADIUS_FACTOR, bulk_bond_length
+from snb_ml.neighbors import neighbor_list
 
 HOST, DEFECT_ATOM, GHOST = 0, 1, 2
 #: An atom closer than this fraction of the bulk-like bond length to the site is the defect atom.
@@ -87,8 +90,6 @@ def bond_length(atoms: Atoms) -> float:
     Raises:
         InputError: If no atom has a neighbour within 8 Å.
     """
-    from snb_ml.neighbors import neighbor_list
-
     for cutoff in (3.5, 5.0, 8.0):
         centers, _, _, distances = neighbor_list(atoms, cutoff)
         nearest = np.full(len(atoms), np.inf)
@@ -153,8 +154,6 @@ def mark_defect(
             return _marked(atoms, on_site[0], None, centre, q, kind, "site")
         return _marked(atoms, None, centre, centre, q, "vacancy", "site")
     if bulk is not None:
-        from snb_ml.data.sites import site_from_bulk
-
         located = site_from_bulk(atoms, bulk)
         difference = len(atoms) - len(bulk)
         if located is None or difference not in (-1, 0, 1):
@@ -215,8 +214,6 @@ def charge_site_markers(
     when the caller already has it (the graph builder takes it from its neighbour list). Unlike those
     models no atom is required in the shell: a vacancy's ghost node carries the charge itself.
     """
-    from snb_ml.models.charge import MARKER_RADIUS_FACTOR, bulk_bond_length
-
     if radius is None:
         radius = MARKER_RADIUS_FACTOR * (bond_length if bond_length else bulk_bond_length(marked.atoms))
     return (_distances_to(marked.atoms, marked.site) <= radius).astype(float)

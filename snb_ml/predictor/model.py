@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from snb_ml.errors import InputError, ModelError
+from snb_ml.neighbors import neighbor_list
 from snb_ml.predictor.markers import GHOST, MarkedStructure, charge_site_markers
+from snb_ml.safe_write import atomic_path
 
 KIND = "snb_ml.single_step"
 CHECKPOINT_KIND = "snb_ml.single_step.checkpoint"
@@ -61,8 +63,6 @@ def build_graph(
         ModelError: If the structure has an element the model was not trained on.
     """
     from ase import Atoms
-
-    from snb_ml.neighbors import neighbor_list
 
     atoms = marked.atoms
     index = {symbol: i for i, symbol in enumerate(elements)}
@@ -161,6 +161,7 @@ class SingleStepPredictor:
         device: str = "cpu",
         training: dict[str, Any] | None = None,
     ):
+        # deferred: the network module imports torch at the top; reading a dataset does not need it.
         from snb_ml.predictor.network import SingleStepNet
 
         if not elements:
@@ -240,8 +241,6 @@ class SingleStepPredictor:
     def save(self, path: str | Path) -> Path:
         """Write the model to one file, atomically."""
         import torch
-
-        from snb_ml.atomic import atomic_path
 
         path = Path(path)
         with atomic_path(path) as temporary:

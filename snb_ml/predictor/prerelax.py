@@ -11,6 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from snb_ml.errors import InputError
+from snb_ml.handoff import RECORD_FILE, prepare_dft_tree
+from snb_ml.relax import RelaxSettings
+from snb_ml.runner import run_tree
+from snb_ml.settings import RunSettings
+from snb_ml.tree.layout import locate_defects
+from snb_ml.tree.status import Status
 
 DEFAULT_ML_TREE = "ml_tree_single_step"  # must not end in a digit (ShakeNBreak's job script)
 
@@ -50,12 +56,6 @@ def prerelax_tree(
     Raises:
         InputError: The tree was already handed off, or no defect was predicted completely.
     """
-    from snb_ml.handoff import RECORD_FILE, prepare_dft_tree
-    from snb_ml.relax import RelaxSettings
-    from snb_ml.runner import run_tree
-    from snb_ml.settings import RunSettings
-    from snb_ml.snbtree import locate_defects
-
     top, selected = locate_defects(dft_tree, defects)
     handed = [d.name for d in selected if (d.directory / RECORD_FILE).exists()]
     if handed:
@@ -84,7 +84,7 @@ def prerelax_tree(
         for defect in report.defects
         if not defect.failed
         and defect.records
-        and all(r.status != "exploded" for r in defect.records.values())
+        and all(r.status != Status.EXPLODED for r in defect.records.values())
     }
     if not chosen:
         raise InputError(

@@ -48,6 +48,8 @@ def load_predict_relaxer(request: CalculatorRequest) -> LoadedModel:
         ModelError: No model file, a file of another kind, unknown options, or a polish backend
             that cannot be loaded.
     """
+    # deferred: a plugin module, imported whenever plugins load (snb-run start-up): torch and the
+    # predictor load only when this relaxer is asked for.
     from snb_ml import __version__
     from snb_ml.batch import batch_evaluator_for
     from snb_ml.plugins import get_relaxer

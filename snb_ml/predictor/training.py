@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from snb_ml.errors import InputError
+from snb_ml.predictor.dataset import check_dataset, read_pairs
+from snb_ml.predictor.metrics import site_distances
 from snb_ml.predictor.model import CHECKPOINT_KIND, Hyperparameters, SingleStepPredictor, collate
+from snb_ml.safe_write import atomic_path, write_text
 
 DEFAULT_LR = 2e-3
 FINAL_LR_FRACTION = 0.05
@@ -98,8 +101,6 @@ class _Prepared:
 def _prepare(predictor: SingleStepPredictor, pairs: list, progress: bool, label: str) -> list[_Prepared]:
     from tqdm import tqdm
 
-    from snb_ml.predictor.metrics import site_distances
-
     prepared = []
     for marked, target, _ in tqdm(pairs, desc=f"Graphs ({label})", unit="pair", disable=not progress):
         prepared.append(
@@ -173,9 +174,6 @@ def train_single_step(
     """
     import torch
     from tqdm import tqdm
-
-    from snb_ml.atomic import atomic_path, write_text
-    from snb_ml.predictor.dataset import check_dataset, read_pairs
 
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     document = check_dataset(dataset_dir)

@@ -17,6 +17,7 @@ and ``snb-run`` relaxes, so it counts in the DFT relaxations ``k`` of both polic
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,18 @@ import numpy as np
 
 from snb_ml.errors import InputError, OutputError, SnbMlError
 from snb_ml.minima.selection import DEFAULT_THRESHOLD
-from snb_ml.minima.trust import ENERGY_NOISE, POLICIES
+from snb_ml.minima.trust import ENERGY_NOISE, bond_distortion
+from snb_ml.plugins import get_selection_policy
+from snb_ml.recall.compare import compare_defect
 from snb_ml.recall.dft_search import DftDefect, read_dft_search
+from snb_ml.recall.report import write_result
 from snb_ml.recall.results import TOLERANCE, DefectRecall, RecallResult
+from snb_ml.recall.site import site_from_starts
+from snb_ml.runner import load_model, run_tree
+from snb_ml.safe_write import write_text
 from snb_ml.settings import RunSettings
+from snb_ml.tree.layout import read_input_structure
+from snb_ml.tree.metadata import METADATA_FILE, find_defect_metadata, split_charge
 
 STARTS_FOLDER = "starts"
 ML_FOLDER = "ml_tree"
@@ -55,14 +64,6 @@ def stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
         InputError: The site cannot be found.
         OutputError: The benchmark's ML tree holds relaxations of other starts.
     """
-    import json
-
-    from snb_ml.atomic import write_text
-    from snb_ml.minima.fingerprints import load_defect_metadata
-    from snb_ml.minima.trust import bond_distortion
-    from snb_ml.recall.site import site_from_starts
-    from snb_ml.snbtree import METADATA_FILE, read_input_structure, split_charge
-
     target = starts_top / defect.name
     stale = sorted(p.name for p in target.glob("*") if p.is_dir() and p.name not in defect.starts)
     if stale:
@@ -80,7 +81,7 @@ def stage_defect(defect: DftDefect, starts_top: Path, ml_top: Path) -> None:
                 "the old one away."
             )
     try:
-        load_defect_metadata(defect.directory)
+        find_defect_metadata(defect.directory)
         metadata = None
     except InputError:
         unperturbed = defect.starts["Unperturbed"].read_start()
@@ -170,13 +171,10 @@ def benchmark_search(
             can be benchmarked (then no report is written).
         OutputError: ``output`` inside the DFT tree.
     """
-    from snb_ml.runner import load_model, run_tree
-
     started = time.perf_counter()
-    if tolerance < 0 or policy not in POLICIES:
-        raise InputError(
-            f"Need tolerance >= 0 and policy in {', '.join(POLICIES)} (got {tolerance}, {policy})."
-        )
+    if tolerance < 0:
+        raise InputError(f"Need tolerance >= 0 (got {tolerance}).")
+    get_selection_policy(policy)  # an unknown policy fails here, before any relaxation
     settings = settings or RunSettings()
     root, out = Path(dft_tree).resolve(), Path(output).resolve()
     search = read_dft_search(root, defects)
@@ -202,8 +200,6 @@ def benchmark_search(
     report = run_tree(starts_top, settings, [d.name for d in staged], output=ml_top, model=model)
     run_seconds = report.seconds
     reports: dict[str, Any] = {d.name: d for d in report.defects}
-    from snb_ml.recall.compare import compare_defect
-
     results: dict[str, DefectRecall] = {}
     for defect in staged:
         run = reports.get(defect.name)
@@ -236,8 +232,6 @@ def benchmark_search(
         },
     )
     if write:
-        from snb_ml.recall.report import write_result
-
         write_result(result)
         result.timings["total_with_reports"] = time.perf_counter() - started
     return result

@@ -22,17 +22,17 @@ from snb_ml.minima.fingerprints import (
 from snb_ml.minima.selection import select_defect
 from snb_ml.recall.dft_search import DftDefect
 from snb_ml.recall.results import DefectRecall, StartResult
-from snb_ml.relax import CONVERGED, UNCONVERGED
-from snb_ml.snbtree import PROVENANCE_FILE, load_json
+from snb_ml.tree.provenance import DistortionRecord, read_provenance
+from snb_ml.tree.status import ENERGY_STATUSES, Status
 
 
-def _ml_structures(ml_dir, records: dict[str, dict[str, Any]], count: int) -> dict[str, Any]:
+def _ml_structures(ml_dir, records: dict[str, DistortionRecord], count: int) -> dict[str, Any]:
     from ase.io import read
 
     structures = {}
     for folder, record in records.items():
-        contcar = ml_dir / (record.get("output_folder") or folder) / "CONTCAR"
-        if record.get("status") in (CONVERGED, UNCONVERGED) and contcar.is_file():
+        contcar = ml_dir / record.result_folder / "CONTCAR"
+        if record.status in ENERGY_STATUSES and contcar.is_file():
             atoms = read(contcar, format="vasp")
             if len(atoms) == count:
                 structures[folder] = atoms
@@ -77,7 +77,8 @@ def compare_defect(
     selection = select_defect(
         ml_dir, threshold, policy=policy, noise=noise, allow_incomplete=True, write=False
     )
-    records = (load_json(ml_dir / PROVENANCE_FILE, "rerun the benchmark.") or {}).get("distortions", {})
+    provenance = read_provenance(ml_dir, "rerun the benchmark.")
+    records = provenance.distortions if provenance is not None else {}
     unperturbed = defect.starts["Unperturbed"].read_start()
     site = identify_defect_site(ml_dir, unperturbed)
     soap = SoapParameters(**{key: selection.parameters[key] for key in ("r_cut", "n_max", "l_max", "sigma")})
@@ -121,12 +122,12 @@ def compare_defect(
     start_from.setdefault("Unperturbed", "original")  # kept by the hand-off, relaxed by snb-run
     reasons = selection.reasons
     reasons.setdefault("Unperturbed", "kept by the hand-off as ShakeNBreak's energy reference")
-    energies = {f: float(r["energy"]) for f, r in records.items() if r.get("status") == CONVERGED}
+    energies = {f: float(r.energy) for f, r in records.items() if r.status == Status.CONVERGED}
     ml_low = min(energies.values()) if energies else 0.0
     starts = []
     for folder in defect.starts:
-        record = records.get(folder, {})
-        result = StartResult(folder=folder, ml_status=record.get("status", "missing"))
+        record = records.get(folder)
+        result = StartResult(folder=folder, ml_status=str(record.status) if record is not None else "missing")
         result.dft_energy = dft.get(folder)
         result.dft_ground_state = None if folder not in dft else folder in ground
         result.dft_basin = basin.get(folder)

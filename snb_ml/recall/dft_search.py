@@ -26,16 +26,17 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.vasp import UnreadableFile, output_files, read_outcar_frames, read_vasprun
 from snb_ml.errors import InputError
 from snb_ml.minima.trust import bond_distortion
-from snb_ml.snbtree import (
+from snb_ml.tree.layout import (
     HIGH_ENERGY_SUFFIX,
     STRUCTURE_INPUTS,
     is_distortion_dir,
     locate_defects,
     read_input_structure,
-    split_charge,
 )
+from snb_ml.tree.metadata import split_charge
 
 MOVED_LIMIT = 2.0  # Å: an atom further than this from its start (after removing drift) "moved far"
 # More than this fraction of atoms moving far means another atom order: a shuffled order moves nearly all
@@ -134,8 +135,6 @@ def _read_final(path: Path) -> Atoms:
 
 def _output_energy(folder: Path) -> tuple[float, Path] | None:
     """``energy(sigma->0)`` of the last ionic step of the folder's OUTCAR/vasprun.xml (as snb-parse)."""
-    from snb_ml.data.vasp import UnreadableFile, output_files, read_outcar_frames, read_vasprun
-
     files = output_files(folder)
     if not files:
         return None
@@ -148,8 +147,6 @@ def _output_energy(folder: Path) -> tuple[float, Path] | None:
 
 
 def _final_file(folder: Path) -> Path | None:
-    from snb_ml.data.vasp import output_files
-
     contcar = folder / "CONTCAR"
     if contcar.is_file() and contcar.stat().st_size > 0:
         return contcar

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snb_ml.atomic import atomic_path, write_text
+from snb_ml.safe_write import atomic_path, write_text
 
 if TYPE_CHECKING:
     from snb_ml.recall.results import DefectRecall, RecallResult

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snb_ml.recall.report import format_result
+
 TOLERANCE = 0.05  # eV above the DFT minimum that still counts as the ground state
 
 
@@ -190,8 +192,6 @@ class RecallResult:
 
     def table(self) -> str:
         """Per-start tables per defect, the per-defect summary and the summary line."""
-        from snb_ml.recall.report import format_result
-
         return format_result(self)
 
     def to_json(self) -> dict[str, Any]:

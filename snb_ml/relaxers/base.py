@@ -7,11 +7,13 @@ defect charge). Every ASE optimizer, filter and constraint then works unchanged.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from snb_ml.errors import ModelError
+from snb_ml.errors import ModelError, SnbMlError
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,11 @@ class LoadedModel:
             ``atoms.arrays["defect_charge"]`` of ``site`` models), in place, once per relaxation, so
             the features stay fixed while atoms move. It raises :class:`ModelError` when the
             structure lacks what the model needs. ``None``: nothing to prepare.
-        batch_evaluator: Optional evaluator of many structures per model call for the batched
-            engine (see :class:`snb_ml.batch.BatchEvaluator`); ``None``: snb_ml picks one for
-            CHGNet and MACE calculators, and other calculators run one structure at a time.
+        batch_evaluator: Optional ready evaluator of many structures per model call for the batched
+            engine (see :class:`snb_ml.batch.BatchEvaluator`).
+        batch_evaluator_factory: Optional ``factory(calculator) -> BatchEvaluator``, called when the
+            batched engine needs one (the built-in CHGNet and MACE backends set theirs). With neither
+            this nor ``batch_evaluator`` the calculator is evaluated one structure at a time.
         source: Absolute path of the model file the weights were read from, if the backend read one
             (for the provenance file); ``None`` for built-in weights.
         file_sha256: SHA-256 of that file (hex), so a rerun can tell whether the weights changed.
@@ -70,6 +74,7 @@ class LoadedModel:
     charge_mode: str | None = None
     prepare_atoms: Callable[[Any], None] | None = None
     batch_evaluator: Any = None
+    batch_evaluator_factory: Callable[[Any], Any] | None = None
     source: str | None = None
     file_sha256: str | None = None
 
@@ -132,11 +137,6 @@ class RelaxerBackend:
         Raises:
             ModelError: If the backend fails to build a calculator.
         """
-        import logging
-        import time
-
-        from snb_ml.errors import SnbMlError
-
         start = time.perf_counter()
         try:
             result = self.factory(request)

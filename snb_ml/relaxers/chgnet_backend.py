@@ -46,6 +46,9 @@ def load_chgnet(request: CalculatorRequest) -> LoadedModel:
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 
+    # deferred: plugin modules are imported whenever plugins load (snb-run start-up); batching needs ase.
+    from snb_ml.relaxers.chgnet_batch import ChgnetBatchEvaluator
+
     # CHGNet's calculator calls float() on a grad-tracking tensor at every step; the warning is noise.
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
     name = request.model or DEFAULT_MODEL
@@ -70,6 +73,7 @@ def load_chgnet(request: CalculatorRequest) -> LoadedModel:
         name=f"CHGNet {name}",
         version=f"chgnet {chgnet.__version__}",
         supported_numbers=frozenset(range(1, CHGNET_MAX_Z + 1)),
+        batch_evaluator_factory=ChgnetBatchEvaluator,
     )
 
 

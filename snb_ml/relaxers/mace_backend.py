@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,69 +9,12 @@ from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.hookspecs import hookimpl
-from snb_ml.logs import quiet_import
 from snb_ml.relaxers import mace_foundations as foundations
 from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
 from snb_ml.relaxers.mace_foundations import OFFLINE_ENV, OFFLINE_HELP, offline
+from snb_ml.relaxers.mace_loading import file_sha256, import_mace, load_torch_model
 
 __all__ = ["OFFLINE_ENV", "charge_preparer", "file_sha256", "load_mace", "offline"]
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a model file, remembered per (path, size, mtime) so reloads cost nothing."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            while block := stream.read(1 << 20):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
-
-
-def _import_mace() -> Any:
-    # mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn is imported (e3nn then warns about it) and
-    # prints a cuequivariance note to stdout: both go to the log (shown with -v).
-    with quiet_import("mace"):
-        import mace
-        import mace.calculators  # noqa: F401
-
-    return mace
-
-
-def _damaged_cache_file(foundation: str, path: str, problem: str) -> ModelError:
-    return ModelError(
-        f"The cached file of MACE foundation model '{foundation}' is damaged: {path} {problem}. Delete it "
-        f"(rm '{path}') and run again to download it afresh. {foundations.by_hand(foundation)} {OFFLINE_HELP}"
-    )
-
-
-def _load_torch_model(path: str, device: str, foundation: str | None = None) -> Any:
-    """Read a MACE ``.model`` file; ``foundation`` names the cached foundation model it is, if any."""
-    _import_mace()
-    import torch
-
-    try:
-        model = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:
-        if foundation is not None:
-            problem = f"cannot be read ({type(exc).__name__}: {exc})"
-            raise _damaged_cache_file(foundation, path, problem) from exc
-        raise ModelError(
-            f"Could not read MACE model file '{path}' ({type(exc).__name__}: {exc}). Check that it is a "
-            f"model saved by MACE (e.g. from mace_run_train). {OFFLINE_HELP}"
-        ) from exc
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers"):
-        if foundation is not None:
-            raise _damaged_cache_file(foundation, path, f"holds a {type(model).__name__}, not a MACE model")
-        raise ModelError(
-            f"'{path}' holds a {type(model).__name__}, not a MACE model (a training checkpoint or state "
-            f"dict?). Pass the .model file that mace_run_train writes. {OFFLINE_HELP}"
-        )
-    return model
 
 
 def _resolve(spec: str | None) -> tuple[str, str | None]:
@@ -134,6 +76,7 @@ def charge_preparer(mode: str | None, name: str, radius: float | None = None) ->
     """
     if mode is None:
         return None
+    # deferred: plugin module, imported whenever plugins load (snb-run start-up); models imports ase.
     from snb_ml.models.charge import CHARGE_INFO_KEY, SITE_INFO_KEY, annotate_atoms
 
     def prepare_atoms(atoms: Any) -> None:
@@ -179,12 +122,16 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
     """
     spec = request.model
     path, foundation = _resolve(spec)
-    mace = _import_mace()
-    model = _load_torch_model(path, request.device, foundation)
+    mace = import_mace()
+    # deferred: plugin modules are imported whenever plugins load (snb-run start-up); batching needs ase.
+    from snb_ml.relaxers.mace_batch import MaceBatchEvaluator
+
+    model = load_torch_model(path, request.device, foundation)
     heads = list(getattr(model, "heads", None) or ["Default"])
     head = _choose_head(foundation or str(spec), heads, request.head, foundation)
     dtype = request.dtype or "float64"
     model = model.double() if dtype == "float64" else model.float()
+    # deferred: plugin module, imported whenever plugins load (snb-run start-up); models imports ase.
     from snb_ml.models.charge import detect_charge_mode
 
     mode = detect_charge_mode(model)
@@ -202,6 +149,7 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
     name = f"MACE {foundation or Path(spec).name}"
     # A model trained with explicit charge terms (q·E_ref, point-charge image energy) gets a calculator
     # that adds them to the energy (snb_ml.models.charge_reference); others get MACE's own.
+    # deferred: plugin module, imported whenever plugins load (snb-run start-up); models imports ase.
     from snb_ml.models.charge_reference import mace_calculator_class, reference_of
 
     calculator = mace_calculator_class(model)(
@@ -222,6 +170,7 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         prepare_atoms=charge_preparer(mode, name, radius),
         source=os.path.abspath(path),
         file_sha256=file_sha256(path),
+        batch_evaluator_factory=MaceBatchEvaluator,
     )
 
 

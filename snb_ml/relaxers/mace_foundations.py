@@ -6,7 +6,7 @@ downloaded is reused here, and a file downloaded here is reused by them. The dow
 snb_ml's: mace-torch 0.3.16 renames its ``.part`` file into place without checking the length
 against ``Content-Length`` and only rejects an HTML error page *after* renaming it, so a dropped
 connection or an error page could leave a damaged file in the cache. Here the file is streamed to a
-temporary sibling, checked, and only then renamed (:func:`snb_ml.atomic.atomic_path`).
+temporary sibling, checked, and only then renamed (:func:`snb_ml.safe_write.atomic_path`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from snb_ml.atomic import atomic_path
 from snb_ml.errors import ModelError
+from snb_ml.safe_write import atomic_path
 
 OFFLINE_ENV = "SNB_ML_OFFLINE"
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from snb_ml.atomic import write_text
 from snb_ml.errors import InputError
 from snb_ml.relax import RelaxSettings, relax
 
@@ -130,8 +131,6 @@ class VibrationalFreeEnergy:
 
     def write_json(self, path: str | Path) -> None:
         """Write atomically to ``path`` as JSON."""
-        from snb_ml.atomic import write_text
-
         write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod

@@ -23,6 +23,7 @@ from snb_ml.thermo.entropy import (
     coarse_grained_free_energy,
     electronic_entropy_from_dos,
 )
+from snb_ml.thermo.phonons import load_free_energy_json
 
 
 def vibrational_term_from_json(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -38,8 +39,6 @@ def vibrational_term_from_json(path: str | Path) -> tuple[np.ndarray, np.ndarray
         ``(temperatures in K, ΔF_vib in eV)``, usable directly as a term, e.g.
         ``terms={"v_Cd": {"vib": vibrational_term_from_json("v_Cd_0_fvib.json")}}``.
     """
-    from snb_ml.thermo.phonons import load_free_energy_json
-
     data = load_free_energy_json(path)
     temps, delta = data["temperatures"], data["delta_free_energy"]
     keep = temps > 0

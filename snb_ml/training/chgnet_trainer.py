@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from snb_ml.atomic import atomic_path, write_text
+from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError, OutputError
+from snb_ml.safe_write import atomic_path, write_text
 from snb_ml.training.chgnet_config import PRETRAINED, ChgnetSettings
 from snb_ml.training.chgnet_data import (
     AUGMENTED,
@@ -34,6 +35,7 @@ from snb_ml.training.chgnet_data import (
     apply_reference,
     check_training_frames,
     fit_reference,
+    group_of,
     has_stress,
     is_minimum,
     predict_frames,
@@ -211,9 +213,6 @@ def frame_errors(model, frames: Sequence, labels_energy: Sequence[float] | None 
     """
     from scipy.stats import spearmanr
 
-    from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
-    from snb_ml.training.chgnet_data import group_of
-
     if not frames:
         return {"n_frames": 0}
     energies, forces = predict_frames(model, frames)
@@ -246,8 +245,6 @@ def _prepare(
     data: dict[str, list], model_dir: Path, settings: ChgnetSettings, model, echo: Callable[[str], None]
 ) -> tuple[dict[str, list], EnergyReference, dict[str, int]]:
     """Augment and reference the checked frames; write them to ``model_dir/data``."""
-    from snb_ml.data.frames import ENERGY_KEY
-
     train, valid = data["train"], data.get("valid", [])
     minima = [a for a in train if is_minimum(a)]
     augmented = rattled_copies(minima, model, settings.augment, settings.rattle, settings.seed)

@@ -8,6 +8,7 @@ from typing import Any
 
 from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 from snb_ml.errors import InputError, ModelError
+from snb_ml.models import charge_embedding_specs
 from snb_ml.models.charge_reference import REFERENCE_ORDERS, dielectric_tensor
 from snb_ml.relaxers.base import check_device_name
 from snb_ml.training.frames import NO_CHARGE
@@ -193,8 +194,6 @@ def mace_config(
     Returns:
         A dict ready for ``yaml.safe_dump``.
     """
-    from snb_ml.models import charge_embedding_specs
-
     work_dir = str(Path(work_dir).resolve())
     head_entries = {}
     for head, files in heads.items():

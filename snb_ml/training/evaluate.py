@@ -11,6 +11,8 @@ import numpy as np
 
 from snb_ml.errors import InputError
 from snb_ml.training.frames import annotate_charges, frame_charge, read_dataset
+from snb_ml.training.ground_states import compare_ground_states
+from snb_ml.training.levels import level_report, levels_table
 from snb_ml.training.metrics import all_metrics
 from snb_ml.training.predict import Prediction, open_model, predict
 
@@ -124,8 +126,6 @@ def report_table(report: dict[str, Any]) -> str:
                     f"error {level['error']:+.3f} eV"
                 )
     if report.get("levels"):
-        from snb_ml.training.levels import levels_table
-
         lines.append("\n" + levels_table(report["levels"]))
     return "\n".join(lines)
 
@@ -185,13 +185,9 @@ def evaluate_model(
     report_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = parity_plots(predictions, report_dir) if plots else {}
     if levels is not None:
-        from snb_ml.training.levels import level_report
-
         everything = [atoms for frames in read_dataset(dataset_dir).values() for atoms in frames]
         report["levels"] = level_report(handle, predictions, everything, levels)
     if ground_states is not None:
-        from snb_ml.training.ground_states import compare_ground_states
-
         report["ground_states"] = compare_ground_states(handle, ground_states, radius=radius)
     (report_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     echo(report_table(report))

@@ -18,6 +18,7 @@ from ase import Atoms
 
 from snb_ml.data.frames import CHARGE_KEY, ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError
+from snb_ml.models import SITE_KEY, annotate_atoms, defect_markers
 
 SPLITS = ("train", "valid", "test")
 
@@ -155,8 +156,6 @@ def annotate_charges(data: dict[str, list[Atoms]], mode: str, radius: float | No
     Raises:
         InputError: If a charged defect frame has no ``defect_site`` in ``site`` mode.
     """
-    from snb_ml.models import SITE_KEY, annotate_atoms, defect_markers
-
     everything = [atoms for frames in data.values() for atoms in frames]
     for atoms in everything:
         atoms.info["charge"] = frame_charge(atoms)

@@ -29,8 +29,10 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import split_charge
+from snb_ml.models import annotate_atoms
+from snb_ml.relax import RelaxSettings, relax
 from snb_ml.training.predict import ModelHandle
+from snb_ml.tree.metadata import split_charge
 
 #: A model ground state counts as reproducing DFT below this RMSD (Å).
 RMSD_THRESHOLD = 0.1
@@ -154,9 +156,6 @@ def compare_ground_states(
         ``{"threshold", "rmsd": {name: {"rmsd", "pass", "model_energy", "dft_energy"}}, "all_pass",
         "vbm", "transition_levels": {defect: {"q/q'": {"model", "dft", "error"}}}, "method"}``.
     """
-    from snb_ml.models import annotate_atoms
-    from snb_ml.relax import RelaxSettings, relax
-
     entries, vbm = load_ground_states(source)
     rows, model_energies = {}, {}
     for name, item in sorted(entries.items()):

@@ -38,8 +38,11 @@ import numpy as np
 from ase import Atoms
 
 from snb_ml.data.frames import ENERGY_KEY
+from snb_ml.data.vasp import fidelity, read_outcar_frames
 from snb_ml.errors import InputError, ModelError
+from snb_ml.models.charge_reference import dielectric_tensor, point_charge_correction
 from snb_ml.training.frames import NO_CHARGE, frame_charge, frame_head
+from snb_ml.tree.metadata import split_charge
 
 CORRECTIONS = ("efnv", "pc")
 #: ``calculation_metadata`` key of the level of theory of an entry built here.
@@ -157,8 +160,6 @@ def band_edges(bulk: Atoms) -> tuple[float, float]:
     Raises:
         InputError: If the OUTCAR has no eigenvalues (then pass ``--vbm`` and ``--band-gap``).
     """
-    from snb_ml.data.vasp import read_outcar_frames
-
     path = _source(bulk, "Reading the VBM and band gap", "pass --vbm and --band-gap")
     kpoints = getattr(read_outcar_frames(path)[-1].calc, "kpts", None) or []
     energies = np.concatenate([np.asarray(k.eps_n, dtype=float) for k in kpoints]) if kpoints else []
@@ -182,8 +183,6 @@ def core_potentials(atoms: Atoms) -> np.ndarray:
         InputError: If the OUTCAR has no core potentials or no step with the frame's energy.
     """
     from pymatgen.io.vasp.outputs import Outcar
-
-    from snb_ml.data.vasp import read_outcar_frames
 
     path = _source(atoms, "doped's eFNV correction", "use --correction pc (point-charge term only)")
     outcar = Outcar.__new__(Outcar)  # doped's fast path: only the potentials, not a full parse
@@ -240,8 +239,6 @@ def build_dft_entry(
     from doped.analysis import defect_from_structures
     from doped.core import DefectEntry
     from pymatgen.entries.computed_entries import ComputedStructureEntry
-
-    from snb_ml.models.charge_reference import dielectric_tensor, point_charge_correction
 
     q = frame_charge(defect_frame)
     name = entry_name(defect_name(defect_frame), q)
@@ -327,16 +324,12 @@ def _level_of_theory(entry: Any) -> str:
         return str(metadata[HEAD_KEY])
     incar = (metadata.get("run_metadata") or {}).get("defect_incar")
     if incar:
-        from snb_ml.data.vasp import fidelity
-
         return fidelity({str(k).upper(): str(v) for k, v in dict(incar).items()})
     return "unknown"
 
 
 def check_one_level_of_theory(entries: dict[str, Any]) -> None:
     """Raise :class:`InputError` if one defect's entries come from different levels of theory."""
-    from snb_ml.snbtree import split_charge
-
     by_defect: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for name, entry in entries.items():
         by_defect[split_charge(name)[0]][_level_of_theory(entry)].append(name)

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import ModelError
+from snb_ml.models import detect_charge_mode
+from snb_ml.models.charge_reference import reference_of
+from snb_ml.relaxers.base import CalculatorRequest
+from snb_ml.relaxers.chgnet_backend import PRETRAINED, load_chgnet
+from snb_ml.relaxers.mace_backend import load_mace
+from snb_ml.relaxers.mace_loading import load_torch_model
 from snb_ml.training.frames import NO_CHARGE, frame_head
 
 #: ``snb-ml evaluate chgnet:0.3.0``: a bundled CHGNet model by name.
@@ -66,20 +73,14 @@ class ModelHandle:
         ``defect_charge``/``charge_per_atom`` array for ``site``/``intensive`` ones (which the frames
         must already carry, see :func:`snb_ml.training.frames.annotate_charges`).
         """
-        from snb_ml.relaxers.base import CalculatorRequest
-
         head = head or self.heads[0]
         if head not in self._calculators and self.backend == "chgnet":
-            from snb_ml.relaxers.chgnet_backend import load_chgnet
-
             name = str(self.path)
             name = name[len(CHGNET_PREFIX) :] if name.startswith(CHGNET_PREFIX) else name
             self._calculators[head] = load_chgnet(
                 CalculatorRequest(model=name, device=self.device)
             ).calculator
         if head not in self._calculators:
-            from snb_ml.relaxers.mace_backend import load_mace
-
             request = CalculatorRequest(
                 model=str(self.path),
                 head=head if len(self.heads) > 1 else None,
@@ -113,11 +114,6 @@ def open_model(path: str | Path, device: str = "cpu") -> ModelHandle:
     Raises:
         ModelError: If the file is missing or neither a MACE nor a CHGNet model.
     """
-    from snb_ml.models import detect_charge_mode
-    from snb_ml.models.charge_reference import reference_of
-    from snb_ml.relaxers.chgnet_backend import PRETRAINED
-    from snb_ml.relaxers.mace_backend import _load_torch_model
-
     text = str(path)
     if text.startswith(CHGNET_PREFIX):
         if text[len(CHGNET_PREFIX) :] not in PRETRAINED:
@@ -132,7 +128,7 @@ def open_model(path: str | Path, device: str = "cpu") -> ModelHandle:
         raise ModelError(f"Model file '{path}' does not exist; train one with `snb-ml train`.")
     if is_chgnet_file(path):
         return ModelHandle(path.resolve(), NO_CHARGE, ["Default"], device, backend="chgnet")
-    model = _load_torch_model(str(path), "cpu")
+    model = load_torch_model(str(path), "cpu")
     heads = [str(h) for h in (getattr(model, "heads", None) or ["Default"])]
     explicit = reference_of(model) is not None
     return ModelHandle(
@@ -161,8 +157,6 @@ class Prediction:
 
 def predict(handle: ModelHandle, frames: Sequence[Atoms]) -> list[Prediction]:
     """Predict energies and forces of frames already annotated for the model's charge mode."""
-    from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
-
     results = []
     for atoms in frames:
         work = atoms.copy()

@@ -22,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import InputError, ModelError, SnbMlError
+from snb_ml.models import detect_charge_mode, graft_charge_embedding
+from snb_ml.models.charge_reference import attach_reference, fit_charge_reference
 from snb_ml.relaxers.base import cuda_index
+from snb_ml.relaxers.mace_loading import load_torch_model
+from snb_ml.safe_write import atomic_path
 from snb_ml.training.config import TrainSettings, mace_config, stage_two_start
 from snb_ml.training.frames import (
     NO_CHARGE,
@@ -70,10 +74,8 @@ def _prepare_foundation(settings: TrainSettings, model_dir: Path) -> Path | None
     """Return the foundation file to fine-tune, with the charge embedding grafted on when needed."""
     if settings.foundation is None:
         return None
-    from snb_ml.models import detect_charge_mode, graft_charge_embedding
-    from snb_ml.relaxers.mace_backend import _load_torch_model
 
-    source = _load_torch_model(str(settings.foundation), "cpu")
+    source = load_torch_model(str(settings.foundation), "cpu")
     existing = detect_charge_mode(source)
     if settings.charge_mode == NO_CHARGE or existing is not None:
         if existing is not None and existing != settings.charge_mode:
@@ -266,9 +268,6 @@ def _save_model(trained: Path, target: Path, marker_radius: float | None, refere
     builds the same site features as training did) and ``snb_ml_charge_reference`` (the explicit
     charge terms, :mod:`snb_ml.models.charge_reference`) from the model.
     """
-    from snb_ml.atomic import atomic_path
-    from snb_ml.models.charge_reference import attach_reference
-
     with atomic_path(target) as temporary:
         if marker_radius is None and reference is None:
             shutil.copyfile(trained, temporary)
@@ -286,8 +285,6 @@ def _explicit_terms(
     data: dict[str, list], settings: TrainSettings, echo: Callable[[str], None]
 ) -> tuple[Any, dict[str, Any]]:
     """Fit the explicit charge terms on the training frames and rewrite the MACE targets and weights."""
-    from snb_ml.models.charge_reference import fit_charge_reference
-
     reference = None
     order = settings.reference_order()
     if order is not None or settings.dielectric is not None:
