@@ -70,7 +70,7 @@ from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_defect
 from snb_ml.relax import RelaxSettings
 from snb_ml.runner import run_tree
 from snb_ml.settings import RunSettings
-from snb_ml.snbtree import PROVENANCE_FILE
+from snb_ml.tree.provenance import PROVENANCE_FILE
 
 EMT = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False)
 CHGNET = RunSettings(relaxer="chgnet", progress=False, relax=RelaxSettings(fmax=0.05, steps=600))

@@ -18,38 +18,11 @@ import numpy as np
 
 from snb_ml.cli_options import ml_parameters, settings_from_options
 from snb_ml.errors import InputError, SnbMlError
+from snb_ml.thermo.inputs import read_structure, reference_from_json
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 #: Model options of ``snb-ml run`` that apply here too.
 MODEL_OPTIONS = ("relaxer", "model", "head", "device", "dtype", "calc_kwargs", "threads", "engine")
-STRUCTURE_FILES = ("CONTCAR", "POSCAR")
-
-
-def read_structure(path: str | Path, what: str):
-    """Read a structure file, or ``CONTCAR``/``POSCAR`` (first non-empty) inside a folder.
-
-    Args:
-        path: File or folder.
-        what: What the structure is (for messages), e.g. ``--defect``.
-    """
-    from ase.io import read
-
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / name for name in STRUCTURE_FILES if (path / name).is_file()]
-        candidates = [c for c in candidates if c.stat().st_size > 0]
-        if not candidates:
-            raise InputError(
-                f"{what}: folder {path} holds no non-empty {' or '.join(STRUCTURE_FILES)}. Pass a structure "
-                "file or the folder of one relaxed distortion (e.g. ml_tree/v_Cd_0/Bond_Distortion_-30.0%)."
-            )
-        path = candidates[0]
-    try:
-        return read(path)
-    except Exception as exc:  # ase raises many types for unreadable files
-        raise InputError(
-            f"{what}: cannot read a structure from {path} ({exc}). Give a POSCAR/CIF/extxyz."
-        ) from exc
 
 
 def parse_references(values: tuple[str, ...]) -> dict[str, Path]:
@@ -63,29 +36,6 @@ def parse_references(values: tuple[str, ...]) -> dict[str, Path]:
             raise InputError(f"--reference {element}: {path} does not exist.")
         references[element.strip()] = Path(path)
     return references
-
-
-def _reference_from_json(path: Path, element: str, result_class):
-    """A reference from a ``VibrationalFreeEnergy`` JSON or from an earlier ``snb-ml free-energy`` output."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--reference {element}: cannot read {path} ({exc}).") from exc
-    if isinstance(data, dict) and "references" in data:
-        if element not in data["references"]:
-            raise InputError(
-                f"--reference {element}: {path} holds references for "
-                f"{', '.join(data['references']) or 'none'}, not {element}. "
-                f"Pass a structure of elemental {element} instead."
-            )
-        data = data["references"][element]
-    try:
-        return result_class.from_dict(data)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise InputError(
-            f"--reference {element}: {path} is neither a VibrationalFreeEnergy JSON nor a free-energy output "
-            f"({exc}). Pass a structure file instead."
-        ) from exc
 
 
 def _composition_change(defect, bulk) -> dict[str, int]:
@@ -211,7 +161,7 @@ def compute_free_energies(
     refs = {}
     for element, path in references.items():
         if path.suffix == ".json":
-            refs[element] = _reference_from_json(path, element, VibrationalFreeEnergy)
+            refs[element] = reference_from_json(path, element, VibrationalFreeEnergy)
             continue
         if relax_cells:
             ref_atoms[element] = relax_cell(ref_atoms[element], calculator)
@@ -374,8 +324,8 @@ def free_energy(
     DefectThermodynamics JSON (and --doped-output to write it back with the terms attached), or --tree with
     a ShakeNBreak tree and --bulk. Whole-tree runs write one JSON after every defect and resume from it.
     """
-    from snb_ml.atomic import write_text
     from snb_ml.runner import load_model
+    from snb_ml.safe_write import write_text
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
     try:

@@ -33,13 +33,13 @@ def _selected(cells: list, only: tuple[str, ...]) -> list:
 
 def _references(references: dict[str, Path]) -> dict[str, Any]:
     """Reference structures (ASE) or earlier results (``VibrationalFreeEnergy``) by element."""
-    from snb_ml.cli_thermo import _reference_from_json, read_structure
+    from snb_ml.thermo.inputs import read_structure, reference_from_json
     from snb_ml.thermo.phonons import VibrationalFreeEnergy
 
     out: dict[str, Any] = {}
     for element, path in references.items():
         if path.suffix == ".json":
-            out[element] = _reference_from_json(path, element, VibrationalFreeEnergy)
+            out[element] = reference_from_json(path, element, VibrationalFreeEnergy)
         else:
             out[element] = read_structure(path, f"--reference {element}")
     return out
@@ -53,7 +53,7 @@ def write_doped_json(thermo: Any, data: dict[str, Any], path: str | Path, extrap
     """
     from monty.serialization import dumpfn
 
-    from snb_ml.atomic import atomic_path
+    from snb_ml.safe_write import atomic_path
     from snb_ml.thermo.tree import attach_terms
 
     with_terms = attach_terms(thermo, data, extrapolate=extrapolate)
@@ -86,7 +86,7 @@ def run_whole_tree(
     output: str,
 ) -> list[str]:
     """Run ``snb-ml free-energy --thermo/--tree``; return the names of the defects that failed."""
-    from snb_ml.cli_thermo import read_structure
+    from snb_ml.thermo.inputs import read_structure
     from snb_ml.thermo.tree import (
         cells_from_thermodynamics,
         cells_from_tree,

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import InputError
-from snb_ml.snbtree import PROVENANCE_FILE, load_json, locate_defects
+from snb_ml.records import FINAL_STATUSES
+from snb_ml.runner import default_ml_tree
+from snb_ml.safe_write import write_text
+from snb_ml.tree.layout import (
+    check_ml_defect_dir,
+    check_output_location,
+    input_tree_identity,
+    load_json,
+    locate_defects,
+)
+from snb_ml.tree.provenance import PROVENANCE_FILE
 
 PLACEHOLDER = "{snb_ml_command}"
 #: Options of the ML run passed on to the job, in order, with their flags.
@@ -53,8 +63,6 @@ def job_command(top: Path, defect: str, ml_tree: Path, options: dict[str, Any]) 
 
 
 def _finished(ml_defect_dir: Path, distortions: list[str]) -> bool:
-    from snb_ml.records import FINAL_STATUSES
-
     provenance = load_json(ml_defect_dir / PROVENANCE_FILE, "move it away to redo this defect.") or {}
     records = provenance.get("distortions", {})
     return bool(distortions) and all(records.get(d, {}).get("status") in FINAL_STATUSES for d in distortions)
@@ -95,10 +103,6 @@ def submit_defects(
         InputError: For a missing job script, a Dask executor with a scheduler submission, or a submit
             command that cannot be run; defects submitted before a failure stay submitted.
     """
-    from snb_ml.atomic import write_text
-    from snb_ml.runner import default_ml_tree
-    from snb_ml.snbtree import check_ml_defect_dir, check_output_location, input_tree_identity
-
     if (options.get("executor") or "local") != "local":
         raise InputError(
             "-s/--submit-command submits one job per defect to your scheduler; --executor dask runs on a "

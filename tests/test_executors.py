@@ -15,7 +15,7 @@ from snb_ml.errors import InputError, ModelError
 from snb_ml.executors import _ProvenanceProgress, run_with_executor
 from snb_ml.runner import run_tree
 from snb_ml.settings import RunSettings
-from snb_ml.snbtree import locate_defects
+from snb_ml.tree.layout import locate_defects
 
 distributed = pytest.importorskip("distributed")
 

@@ -20,10 +20,8 @@ from click.testing import CliRunner
 from conftest import DATA, EMT
 from monty.serialization import loadfn
 
-import snb_ml.atomic
 import snb_ml.runner
 import snb_ml.safe_write
-import snb_ml.snbtree
 import snb_ml.tree.layout
 from snb_ml.cli import main
 from snb_ml.errors import InputError, ModelError, OutputError
@@ -290,7 +288,7 @@ def full_disk_after(monkeypatch, defect: str, contcars: int):
                 raise OSError(errno.ENOSPC, "No space left on device")
             yield temporary
 
-    for module in (snb_ml.atomic, snb_ml.safe_write, snb_ml.runner, snb_ml.snbtree, snb_ml.tree.layout):
+    for module in (snb_ml.safe_write, snb_ml.runner, snb_ml.tree.layout):
         monkeypatch.setattr(module, "atomic_path", writer)
     yield
     monkeypatch.undo()

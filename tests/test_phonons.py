@@ -12,11 +12,11 @@ from ase.calculators.emt import EMT
 from ase.io import write
 
 from snb_ml.errors import InputError
+from snb_ml.thermo.free_energy_json import load_free_energy_json
 from snb_ml.thermo.phonons import (
     VibrationalFreeEnergy,
     formation_vibrational_free_energy,
     harmonic_free_energy,
-    load_free_energy_json,
 )
 from snb_ml.thermo.qha import quasi_harmonic_free_energy
 
@@ -240,7 +240,7 @@ def test_batched_displacement_forces_match_one_at_a_time():
     """Phonon forces through the batched CHGNet evaluator: same force constants, many cells per call."""
     from chgnet.model.dynamics import CHGNetCalculator
 
-    from snb_ml.batch.evaluators import ChgnetBatchEvaluator
+    from snb_ml.relaxers.chgnet_batch import ChgnetBatchEvaluator
     from snb_ml.thermo.phonons import build_phonopy
 
     calculator = CHGNetCalculator(use_device="cpu")

@@ -228,7 +228,7 @@ def test_a_representative_reaches_only_where_its_ml_minimum_leads(tmp_path):
     from conftest import DATA
 
     from snb_ml.runner import run_tree
-    from snb_ml.snbtree import write_energies_yaml
+    from snb_ml.tree.layout import write_energies_yaml
 
     emt = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False)
     search = tmp_path / "search"

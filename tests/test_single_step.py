@@ -20,7 +20,7 @@ EMT_POLISH = json.dumps({"polish": "ase", "polish_model": "ase.calculators.emt:E
 
 
 def _cdte(folder: str = "Bond_Distortion_-30.0%"):
-    from snb_ml.snbtree import defect_site_fractional
+    from snb_ml.tree.metadata import defect_site_fractional
 
     atoms = read(CDTE / "v_Cd_0" / folder / "POSCAR")
     site = np.asarray(defect_site_fractional(CDTE / "v_Cd_0")) @ atoms.cell.array
@@ -246,7 +246,7 @@ def test_training_refuses_mace_options_and_other_datasets(trained, tmp_path):
 
 def test_predict_relaxer_writes_an_ml_tree_through_snb_ml_run(trained, cu_tree):
     from snb_ml.predictor.markers import mark_defect as mark
-    from snb_ml.snbtree import defect_site_fractional
+    from snb_ml.tree.metadata import defect_site_fractional
 
     model = str(trained / "model" / "single_step.pt")
     defect = cu_tree / "v_Cu_0"

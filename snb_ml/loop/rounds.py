@@ -32,9 +32,28 @@ from typing import Any
 
 import numpy as np
 
+from snb_ml.data.filters import FilterSettings
+from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
+from snb_ml.data.harvest import HarvestSettings, harvest, write_dataset
+from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError, OutputError
+from snb_ml.handoff import prepare_dft_tree
+from snb_ml.loop.standin import relax_folders
 from snb_ml.loop.state import DftResult, LoopState, RoundRecord, new_state, read_state, write_state
 from snb_ml.loop.trainers import get_trainer
+from snb_ml.minima.fingerprints import (
+    DefectFingerprinter,
+    SoapParameters,
+    cosine_distance,
+    identify_defect_site,
+)
+from snb_ml.minima.selection import select_defect
+from snb_ml.minima.trust import POLICIES
+from snb_ml.relax import RelaxSettings
+from snb_ml.runner import run_tree
+from snb_ml.safe_write import write_text
+from snb_ml.tree.layout import dft_outputs, is_distortion_dir, locate_defects, read_input_structure
+from snb_ml.tree.metadata import METADATA_FILE
 
 REFERENCE = "Unperturbed"
 HARVEST_DEFAULTS = {"min_energy_per_atom": -50.0, "max_energy_per_atom": 0.0, "window": 15.0}
@@ -57,9 +76,6 @@ def init_loop(
         InputError: Not a ShakeNBreak tree, unknown trainer or policy.
         OutputError: ``loop_dir`` already holds a loop, or lies inside the tree.
     """
-    from snb_ml.minima.trust import POLICIES
-    from snb_ml.snbtree import locate_defects
-
     get_trainer(trainer)
     if policy not in POLICIES:
         raise InputError(f"Unknown selection policy '{policy}'; choose one of {', '.join(POLICIES)}.")
@@ -88,15 +104,11 @@ def init_loop(
 
 
 def _starts(state: LoopState, defect: str) -> list[str]:
-    from snb_ml.snbtree import is_distortion_dir
-
     return sorted(p.name for p in (Path(state.tree) / defect).iterdir() if is_distortion_dir(p))
 
 
 def _finished(folder: Path) -> bool:
     """A DFT result that can be harvested: a CONTCAR with its yaml energy, or a VASP run that ended."""
-    from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
-
     outcar = folder / "OUTCAR"
     if outcar.is_file():
         with open(outcar, "rb") as stream:
@@ -114,8 +126,6 @@ def _finished(folder: Path) -> bool:
 
 def _check_pending(state: LoopState) -> None:
     """Refuse to harvest unfinished or repeated DFT results (nothing written yet)."""
-    from snb_ml.snbtree import dft_outputs, is_distortion_dir
-
     pending_dir = Path(state.pending_dir or "")
     unfinished = [
         f"{defect}/{name}"
@@ -154,8 +164,6 @@ def _frame_folder(frame) -> Path:
 
 def _errors(trainer, model: str | None, frames: list) -> dict[str, Any] | None:
     """Energy (offset-free, per defect) and force errors of ``model`` on ``frames``."""
-    from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
-
     if not frames:
         return None
     energies, forces = trainer.predict(model, frames)
@@ -182,9 +190,6 @@ def _errors(trainer, model: str | None, frames: list) -> dict[str, Any] | None:
 
 def _harvest(state: LoopState, round_dir: Path, progress: bool) -> list:
     """Harvest every DFT folder of the loop into ``round_dir/dataset``; return its frames."""
-    from snb_ml.data.filters import FilterSettings
-    from snb_ml.data.harvest import HarvestSettings, harvest, write_dataset
-
     paths = [r.dft_dir for r in state.rounds if r.dft_dir]
     settings = HarvestSettings(filters=FilterSettings(**state.harvest), fractions=(1.0, 0.0, 0.0))
     report = harvest(paths, settings, progress=progress)
@@ -195,8 +200,6 @@ def _harvest(state: LoopState, round_dir: Path, progress: bool) -> list:
 
 def _record_results(state: LoopState, frames: list, index: int) -> dict[str, list[str]]:
     """Add the pending DFT results to ``state.dft`` (energy of each relaxation's last harvested frame)."""
-    from snb_ml.data.frames import ENERGY_KEY
-
     pending_dir = Path(state.pending_dir or "")
     last: dict[Path, Any] = {}
     for atoms in frames:
@@ -229,9 +232,6 @@ def _ground_states(state: LoopState) -> dict[str, dict[str, Any]]:
 
 
 def _stage_starts(state: LoopState, defect: str, target: Path, names: list[str]) -> None:
-    from snb_ml.atomic import write_text
-    from snb_ml.snbtree import METADATA_FILE
-
     source = Path(state.tree) / defect
     for name in names:
         write_text(target / defect / name / "POSCAR", (source / name / "POSCAR").read_text())
@@ -244,14 +244,6 @@ def _stage_starts(state: LoopState, defect: str, target: Path, names: list[str])
 def _known_basin(selection, ml_dir: Path, state: LoopState, defect: str) -> dict[str, str]:
     """Representatives whose ML minimum lies in a basin DFT has relaxed: folder -> the DFT folder."""
     from ase.io import read
-
-    from snb_ml.minima.fingerprints import (
-        DefectFingerprinter,
-        SoapParameters,
-        cosine_distance,
-        identify_defect_site,
-    )
-    from snb_ml.snbtree import read_input_structure
 
     results = state.dft.get(defect, {})
     dft_structures = {}
@@ -318,8 +310,6 @@ def run_round(
     record = RoundRecord(index=index)
     seconds: dict[str, float] = {}
     if state.pending_dir and dft:
-        from snb_ml.loop.standin import relax_folders
-
         pending_dir = Path(state.pending_dir)
         missing = {
             d: [n for n in names if not _finished(pending_dir / d / n)] for d, names in state.pending.items()
@@ -389,11 +379,6 @@ def _standin(state: LoopState) -> dict[str, Any]:
 
 def _screen(state, trainer, model, todo, round_dir, record, seconds, echo) -> tuple[dict, list]:
     """Re-relax the starts without DFT, select, and hand the new ones to DFT; return (handed, finished)."""
-    from snb_ml.handoff import prepare_dft_tree
-    from snb_ml.minima.selection import select_defect
-    from snb_ml.relax import RelaxSettings
-    from snb_ml.runner import run_tree
-
     remaining = {}
     finished = []
     for defect in todo:

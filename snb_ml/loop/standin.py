@@ -11,13 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from snb_ml.data.minima import energies_yaml, yaml_key
 from snb_ml.errors import OutputError
+from snb_ml.relaxers.ase_backend import load_ase_calculator
+from snb_ml.relaxers.base import CalculatorRequest
+from snb_ml.safe_write import atomic_path, write_text
+from snb_ml.tree.layout import dft_outputs
 
 
 def _yaml_document(defect_dir: Path) -> dict[str, Any]:
     import yaml
-
-    from snb_ml.data.minima import energies_yaml
 
     path = energies_yaml(defect_dir)
     if not path.is_file():
@@ -54,12 +57,6 @@ def relax_folders(
     import yaml
     from ase.io import read, write
     from ase.optimize import FIRE
-
-    from snb_ml.atomic import atomic_path, write_text
-    from snb_ml.data.minima import energies_yaml, yaml_key
-    from snb_ml.relaxers.ase_backend import load_ase_calculator
-    from snb_ml.relaxers.base import CalculatorRequest
-    from snb_ml.snbtree import dft_outputs
 
     for defect, names in folders.items():
         document = _yaml_document(dft_dir / defect)

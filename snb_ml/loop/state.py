@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import InputError, OutputError
+from snb_ml.safe_write import write_text
+from snb_ml.tree.layout import is_distortion_dir
 
 STATE_FILE = "snb_ml_loop.json"
 FORMAT = "snb_ml_loop/1"
@@ -100,8 +102,6 @@ class LoopState:
 
 def tree_fingerprint(tree: Path, defects: list[str]) -> str:
     """sha256 over the starting-structure files of the given defects (names and bytes)."""
-    from snb_ml.snbtree import is_distortion_dir
-
     digest = hashlib.sha256()
     for defect in sorted(defects):
         for folder in sorted(p for p in (tree / defect).iterdir() if is_distortion_dir(p)):
@@ -120,8 +120,6 @@ def state_path(loop_dir: str | Path) -> Path:
 
 def write_state(state: LoopState) -> None:
     """Write the state atomically (temporary file + rename)."""
-    from snb_ml.atomic import write_text
-
     write_text(state_path(state.loop_dir), json.dumps(state.to_json(), indent=2) + "\n")
 
 

@@ -18,7 +18,9 @@ import numpy as np
 from ase.calculators.emt import EMT
 from ase.calculators.emt import parameters as EMT_PARAMETERS
 
+from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError, ModelError
+from snb_ml.safe_write import write_text
 
 PARAMETER_NAMES = ("E0", "s0", "V0", "eta2", "kappa", "lambda", "n0")
 MODEL_FORMAT = "snb_ml_fitted_emt/1"
@@ -48,8 +50,6 @@ def read_model(path: str | Path | None) -> dict[str, list[float]]:
 
 def write_model(path: str | Path, overrides: dict[str, Sequence[float]], note: dict[str, Any]) -> None:
     """Write a fitted-EMT model file atomically."""
-    from snb_ml.atomic import write_text
-
     document = {
         "format": MODEL_FORMAT,
         "parameter_names": list(PARAMETER_NAMES),
@@ -148,8 +148,6 @@ def fit_emt(
         The new overrides and a record (cost before/after, evaluations).
     """
     from scipy.optimize import least_squares
-
-    from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 
     unknown = sorted(set(names) - set(PARAMETER_NAMES))
     if unknown:

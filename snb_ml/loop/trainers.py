@@ -14,7 +14,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from snb_ml.errors import InputError
+from snb_ml.loop.surrogate import check_elements, fit_emt, predict, read_model, write_model
 from snb_ml.settings import RunSettings
+from snb_ml.training.chgnet_config import ChgnetSettings
+from snb_ml.training.chgnet_data import check_training_frames, predict_frames
+from snb_ml.training.chgnet_trainer import load_base, train_chgnet
+from snb_ml.training.frames import read_split
 
 
 class LoopTrainer(Protocol):
@@ -52,24 +57,16 @@ class ChgnetTrainer:
 
     def check_frames(self, frames: Sequence, base_model: str | None) -> None:
         """One level of theory, two frames or more, elements CHGNet embeds."""
-        from snb_ml.training.chgnet_data import check_training_frames
-
         check_training_frames({"train": list(frames)}, None)
 
     def fit(self, dataset_dir, previous, output, options, echo) -> str:
         """Fine-tune ``previous`` (or the bundled weights) with ``snb-ml train --base chgnet``'s recipe."""
-        from snb_ml.training.chgnet_config import ChgnetSettings
-        from snb_ml.training.chgnet_trainer import train_chgnet
-
         settings = ChgnetSettings(**{**options, "model": previous or options.get("model", "0.3.0")})
         result = train_chgnet(dataset_dir, output, settings, echo=echo, progress=False)
         return str(result.model_path)
 
     def predict(self, model, frames):
         """CHGNet energies and forces."""
-        from snb_ml.training.chgnet_data import predict_frames
-        from snb_ml.training.chgnet_trainer import load_base
-
         return predict_frames(load_base(model or "0.3.0"), list(frames))
 
     def run_settings(self, model, options) -> RunSettings:
@@ -89,15 +86,10 @@ class FittedEmtTrainer:
 
     def check_frames(self, frames, base_model) -> None:
         """Elements EMT has parameters for."""
-        from snb_ml.loop.surrogate import check_elements
-
         check_elements(frames)
 
     def fit(self, dataset_dir, previous, output, options, echo) -> str:
         """Least-squares refit of the chosen parameters, pulled towards ``previous``."""
-        from snb_ml.loop.surrogate import fit_emt, read_model, write_model
-        from snb_ml.training.frames import read_split
-
         frames = read_split(dataset_dir, "train")
         elements = options.get("elements") or sorted({s for a in frames for s in a.get_chemical_symbols()})
         overrides, record = fit_emt(
@@ -117,8 +109,6 @@ class FittedEmtTrainer:
 
     def predict(self, model, frames):
         """Energies and forces of the fitted EMT."""
-        from snb_ml.loop.surrogate import predict, read_model
-
         return predict(read_model(model), frames)
 
     def run_settings(self, model, options) -> RunSettings:

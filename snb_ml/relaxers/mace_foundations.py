@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from snb_ml.errors import ModelError
+from snb_ml.logs import quiet_import
 from snb_ml.safe_write import atomic_path
 
 OFFLINE_ENV = "SNB_ML_OFFLINE"
@@ -99,8 +100,6 @@ def _mace_foundations() -> ModuleType:
     """``mace.calculators.foundations_models``, imported without mace's import-time chatter."""
     # mace prints a note about cuequivariance to stdout on import, and makes e3nn warn about
     # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; neither says anything about the model asked for.
-    from snb_ml.logs import quiet_import
-
     with quiet_import("mace"):
         from mace.calculators import foundations_models
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from snb_ml.atomic import write_text
 from snb_ml.errors import InputError
 from snb_ml.relax import RelaxSettings, relax
+from snb_ml.safe_write import write_text
 
 #: Relaxation before the phonon step: tight forces, BFGS converges a near-harmonic minimum fastest.
 PHONON_RELAX = RelaxSettings(fmax=1e-3, steps=3000, optimizer="BFGS", max_energy_rise=1.0)
@@ -274,7 +274,18 @@ def _imaginary_modes(qpoints: np.ndarray, frequencies: np.ndarray, tolerance: fl
     return modes
 
 
-def _thermal(phonon, mesh, temperatures: np.ndarray) -> dict[str, Any]:
+def thermal_properties(phonon: Any, mesh: Any, temperatures: np.ndarray) -> dict[str, Any]:
+    """Thermal properties of a phonopy object with forces, per cell of its unit cell (see the module notes).
+
+    Args:
+        phonon: ``phonopy.Phonopy`` with its force constants produced.
+        mesh: q-point mesh (three integers, or a length in Å), sampled Gamma-centred.
+        temperatures: Temperatures in K (from :func:`temperature_grid`).
+
+    Returns:
+        ``free_energy`` (eV), ``entropy`` and ``heat_capacity`` (k_B), ``zero_point_energy`` (eV), and the
+        mesh's ``frequencies`` (THz), ``qpoints``, ``weights`` and ``mesh`` numbers.
+    """
     ev_to_kjmol, kb = _units()
     phonon.run_mesh(mesh, is_gamma_center=True)
     mesh_dict = phonon.get_mesh_dict()
@@ -292,7 +303,12 @@ def _thermal(phonon, mesh, temperatures: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _temperatures(temperatures: Sequence[float] | np.ndarray) -> np.ndarray:
+def temperature_grid(temperatures: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The temperatures as a float array, checked.
+
+    Raises:
+        InputError: If the grid is empty, negative or not strictly increasing.
+    """
     values = np.asarray(temperatures, dtype=float).ravel()
     if values.size == 0 or (values < 0).any() or (np.diff(values) <= 0).any():
         raise InputError(
@@ -358,7 +374,7 @@ def harmonic_free_energy(
         The vibrational free energy per cell of ``atoms`` (see the module docstring for units).
     """
     start = time.perf_counter()
-    temps = _temperatures(temperatures)
+    temps = temperature_grid(temperatures)
     work, status = _relaxed(atoms, calculator, relax_first, relax_settings)
     work.calc = calculator
     energy = float(work.get_potential_energy())
@@ -371,7 +387,7 @@ def harmonic_free_energy(
     identity = supercell_matrix is None or np.array_equal(np.asarray(supercell_matrix), np.eye(3))
     if mesh is None:
         mesh = [1, 1, 1] if identity else DEFAULT_MESH_LENGTH
-    thermal = _thermal(phonon, mesh, temps)
+    thermal = thermal_properties(phonon, mesh, temps)
     imaginary = _imaginary_modes(thermal["qpoints"], thermal["frequencies"], imaginary_tolerance)
     formula = work.get_chemical_formula()
     if imaginary:
@@ -497,29 +513,3 @@ def formation_vibrational_free_energy(
         if change:
             delta = delta - change * potentials[element]
     return np.asarray(delta, dtype=float)
-
-
-def load_free_energy_json(path: str | Path) -> dict[str, Any]:
-    """Load a ``snb-ml free-energy`` JSON file.
-
-    Returns:
-        ``{"defect", "bulk": VibrationalFreeEnergy, "references": {element: VibrationalFreeEnergy},
-        "composition_change": dict, "temperatures", "delta_free_energy": ndarray (eV),
-        "qha": {name: QuasiHarmonicFreeEnergy}}`` plus the remaining metadata as stored.
-    """
-    from snb_ml.thermo.qha import QuasiHarmonicFreeEnergy
-
-    try:
-        data = json.loads(Path(path).read_text())
-        out = dict(data)
-        out["defect"] = VibrationalFreeEnergy.from_dict(data["defect"])
-        out["bulk"] = VibrationalFreeEnergy.from_dict(data["bulk"])
-        out["references"] = {e: VibrationalFreeEnergy.from_dict(r) for e, r in data["references"].items()}
-        out["temperatures"] = np.asarray(data["temperatures"], dtype=float)
-        out["delta_free_energy"] = np.asarray(data["delta_free_energy"], dtype=float)
-        out["qha"] = {k: QuasiHarmonicFreeEnergy.from_dict(v) for k, v in (data.get("qha") or {}).items()}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise InputError(
-            f"{path} is not a free-energy JSON written by `snb-ml free-energy` ({exc}). Rerun that command."
-        ) from exc
-    return out

@@ -14,7 +14,13 @@ from ase import Atoms
 
 from snb_ml.errors import InputError
 from snb_ml.relax import RelaxSettings, relax
-from snb_ml.thermo.phonons import DEFAULT_MESH_LENGTH, PHONON_RELAX, _temperatures, _thermal, build_phonopy
+from snb_ml.thermo.phonons import (
+    DEFAULT_MESH_LENGTH,
+    PHONON_RELAX,
+    build_phonopy,
+    temperature_grid,
+    thermal_properties,
+)
 
 #: Volume scales V/V0 of the quasi-harmonic grid (volume scale, not linear).
 DEFAULT_VOLUME_SCALES = tuple(np.round(np.arange(0.90, 1.1001, 0.02), 4))
@@ -92,7 +98,7 @@ def quasi_harmonic_free_energy(
     """
     from phonopy.qha.qha import run_qha
 
-    temps = _temperatures(temperatures)
+    temps = temperature_grid(temperatures)
     scales = np.asarray(volume_scales, dtype=float)
     if scales.size < 5 or (scales <= 0).any():
         raise InputError(f"Need at least 5 positive volume scales for the QHA fit, got {scales.tolist()}.")
@@ -111,7 +117,7 @@ def quasi_harmonic_free_energy(
         energies.append(float(relaxed.get_potential_energy()))
         relaxed.calc = None
         phonon, _ = build_phonopy(relaxed, calculator, supercell_matrix, displacement)
-        free.append(_thermal(phonon, mesh, temps)["free_energy"])
+        free.append(thermal_properties(phonon, mesh, temps)["free_energy"])
         phonons.append(phonon)
     result = run_qha(
         phonons, temps, internal_energies=energies, mesh=mesh, eos=eos, exclude_gamma_acoustic=True

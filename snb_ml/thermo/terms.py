@@ -23,7 +23,7 @@ from snb_ml.thermo.entropy import (
     coarse_grained_free_energy,
     electronic_entropy_from_dos,
 )
-from snb_ml.thermo.phonons import load_free_energy_json
+from snb_ml.thermo.free_energy_json import load_free_energy_json
 
 
 def vibrational_term_from_json(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,17 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError
+from snb_ml.safe_write import write_text
+from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
+from snb_ml.thermo.phonons import (
+    VibrationalFreeEnergy,
+    auto_supercell_matrix,
+    formation_vibrational_free_energy,
+    harmonic_free_energy,
+)
+from snb_ml.tree.metadata import split_charge
 
 FORMAT = "snb_ml free-energy tree"
 FORMAT_VERSION = 1
@@ -87,8 +97,6 @@ def cells_from_thermodynamics(thermo: Any, source: str) -> tuple[list[DefectCell
     Raises:
         InputError: If an entry lacks its supercell or bulk structure, or the entries use different bulks.
     """
-    from snb_ml.snbtree import split_charge
-
     cells, bulk = [], None
     for name, entry in thermo.defect_entries.items():
         sc_structure = getattr(getattr(entry, "sc_entry", None), "structure", None)
@@ -120,9 +128,6 @@ def cells_from_tree(tree: str | Path) -> list[DefectCell]:
     its lowest-energy distortion with a ``CONTCAR`` is taken. The charge is read from the folder name.
     """
     from ase.io import read
-
-    from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
-    from snb_ml.snbtree import split_charge
 
     tree = Path(tree)
     cells = []
@@ -229,15 +234,6 @@ def tree_free_energies(
         InputError: For a missing reference, elements the model lacks, or an output of other settings.
     """
     from tqdm.auto import tqdm
-
-    from snb_ml.atomic import write_text
-    from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
-    from snb_ml.thermo.phonons import (
-        VibrationalFreeEnergy,
-        auto_supercell_matrix,
-        formation_vibrational_free_energy,
-        harmonic_free_energy,
-    )
 
     output = Path(output)
     changes = {cell.name: composition_change(cell.atoms, bulk) for cell in cells}
@@ -388,6 +384,7 @@ def attach_terms(thermo: Any, data: dict[str, Any], term_name: str = "vib", extr
     Raises:
         InputError: If a computed defect is not an entry of ``thermo``, or nothing was computed.
     """
+    # deferred: doped_thermo imports doped, pymatgen and matplotlib; only attaching terms needs them
     from snb_ml.thermo.doped_thermo import FiniteTemperatureThermodynamics
 
     terms = vibrational_terms(data)
