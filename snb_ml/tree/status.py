@@ -22,6 +22,10 @@ class Status(str, Enum):
     __str__ = str.__str__
     __format__ = str.__format__
 
+    def __repr__(self) -> str:
+        # Printed inside dicts and lists (``{"Unperturbed": 'converged'}``) as the value users know.
+        return repr(self.value)
+
     @classmethod
     def parse(cls, value: str | None) -> Status | str:
         """The member for a stored value; an unknown value comes back as it is, a missing one as "unknown"."""
