@@ -107,6 +107,38 @@ def test_another_charge_redoes_the_results(cu_tree, capsys):
     assert stored["charge"] == -1 and {d["charge"] for d in stored["distortions"].values()} == {-1}
 
 
+def test_a_changed_model_file_is_never_mixed_into_a_tree(cu_tree, tmp_path):
+    # Same model name and version, another file behind it (a re-trained model written to the same path, or
+    # another foundation model behind a default name): its results must not join the stored ones.
+    from ase.calculators.emt import EMT as EMTCalculator
+
+    from snb_ml.relaxers.base import LoadedModel
+    from snb_ml.relaxers.mace_loading import file_sha256
+
+    weights = tmp_path / "model.file"
+
+    def model_from(content: bytes) -> LoadedModel:
+        weights.write_bytes(content)
+        return LoadedModel(
+            calculator=EMTCalculator(), name="EMT from a file", version="1", source=str(weights),
+            file_sha256=file_sha256(weights),
+        )  # fmt: skip
+
+    first = quiet_run(cu_tree, emt(), defects=["v_Cu_0"], model=model_from(b"first weights"))
+    assert first.defects[0].error is None
+    stored = provenance(cu_tree / "ml_tree" / "v_Cu_0")
+    assert stored["model"]["file"]["sha256"] == hashlib.sha256(b"first weights").hexdigest()
+    before = snapshot(cu_tree / "ml_tree")
+    again = quiet_run(cu_tree, emt(), defects=["v_Cu_0"], model=model_from(b"other weights"))
+    assert "holds results of model file sha256" in again.defects[0].error
+    assert snapshot(cu_tree / "ml_tree") == before
+    forced = RunSettings(relaxer="ase", model="ase.calculators.emt:EMT", progress=False, force=True)
+    redone = quiet_run(cu_tree, forced, defects=["v_Cu_0"], model=model_from(b"other weights"))
+    assert redone.defects[0].error is None
+    stored = provenance(cu_tree / "ml_tree" / "v_Cu_0")
+    assert stored["model"]["file"]["sha256"] == hashlib.sha256(b"other weights").hexdigest()
+
+
 def test_distortions_gone_from_the_input_are_set_aside(cu_tree):
     quiet_run(cu_tree / "v_Cu_0", emt())
     shutil.rmtree(cu_tree / "v_Cu_0" / "Bond_Distortion_40.0%")
