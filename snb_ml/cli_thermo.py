@@ -269,7 +269,8 @@ def _fail(exc: SnbMlError) -> None:
 @click.option(
     "--only",
     multiple=True,
-    help="With --thermo/--tree: only these entries (v_Cd_-1) or defects (v_Cd, all charge states).",
+    help="With --thermo/--tree: only these entries (doped's names, e.g. ``v_Cd_-1``) or defects "
+    "(``v_Cd``: all its charge states).",
 )
 @click.option(
     "--doped-output",

@@ -12,7 +12,7 @@ from snb_ml.relaxers.base import check_device_name, cuda_index
 
 IMPORT_MACE = (
     "import sys; from snb_ml.logs import setup_logging; setup_logging(int(sys.argv[1])); "
-    "from snb_ml.relaxers.mace_backend import _import_mace; _import_mace(); print('imported')"
+    "from snb_ml.relaxers.mace_loading import import_mace; import_mace(); print('imported')"
 )
 
 
