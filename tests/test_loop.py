@@ -43,7 +43,7 @@ def test_loop_learns_the_ground_state_with_fewer_dft_relaxations(tmp_path):
     assert min(baseline[s] for s in TET_STARTS) > ground + 0.5  # two distinct basins
 
     first = run_round(loop)  # round 0: the base model screens, hands over
-    assert first.index == 0 and first.dft_dir is not None
+    assert first.index == 0 and (loop / first.dft_dir).is_dir()
     assert not set(first.handed_off[DEFECT]) & set(OCT_STARTS)
     before = (loop / STATE_FILE).read_bytes()
     with pytest.raises(InputError, match="not finished"):  # DFT jobs still running
