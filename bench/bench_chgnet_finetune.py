@@ -200,14 +200,17 @@ def run_recipe(name: str, args, dataset: Path) -> dict:
     cached = folder / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    if folder.exists():
+    # A training interrupted after its first checkpoint resumes (CHGNet training is hours on a CPU);
+    # anything else left from an unfinished run starts over.
+    resume = (folder / "model" / "checkpoint.pth.tar").is_file()
+    if folder.exists() and not resume:
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     result: dict = {"recipe": name}
     model = None
     if name != "stock":
         overrides = dict(RECIPES[name])
-        settings = ChgnetSettings(threads=args.threads, seed=args.seed, **overrides)
+        settings = ChgnetSettings(threads=args.threads, seed=args.seed, restart=resume, **overrides)
         trained = train_chgnet(dataset, folder / "model", settings, echo=lambda _: None, progress=False)
         model = str(trained.model_path)
         result.update(
@@ -311,9 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="Work folder (results cached per recipe).")
     parser.add_argument("--earlier", type=Path, default=DATA / "earlier_search", help="Training search.")
-    parser.add_argument(
-        "--unseen", type=Path, default=UNSEEN, help="Unseen starts + DFT yaml."
-    )
+    parser.add_argument("--unseen", type=Path, default=UNSEEN, help="Unseen starts + DFT yaml.")
     parser.add_argument(
         "--recipes", default="stock," + ",".join(RECIPES), help="Comma-separated recipe names."
     )

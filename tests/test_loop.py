@@ -214,3 +214,23 @@ def test_chgnet_trainer_refuses_one_frame_and_elements_beyond_its_table(tmp_path
     trainer.check_frames([frame("CdTe"), frame("CdTe")], None)
     with pytest.raises(InputError, match="Unknown loop trainer"):
         get_trainer("mace-loop")
+
+
+def test_a_round_while_another_runs_is_refused_and_changes_nothing(tmp_path):
+    from filelock import FileLock
+
+    from snb_ml.loop.rounds import LOCK_FILE
+
+    _, loop = start_loop(tmp_path)
+    before = (loop / STATE_FILE).read_bytes()
+    held = FileLock(str(loop / LOCK_FILE), timeout=0)  # what a running round holds
+    held.acquire()
+    try:
+        with pytest.raises(OutputError, match="Another `snb-ml loop round` is running"):
+            run_round(loop)
+    finally:
+        held.release()
+    assert (loop / STATE_FILE).read_bytes() == before
+    assert not (loop / "round_00").exists()
+    record = run_round(loop)  # the lock is free again: the round runs
+    assert record.index == 0 and (loop / "round_00").is_dir()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from snb_ml.tree.layout import dft_outputs, is_distortion_dir, locate_defects, r
 from snb_ml.tree.metadata import METADATA_FILE
 
 REFERENCE = "Unperturbed"
+LOCK_FILE = ".snb_ml_loop.lock"
 HARVEST_DEFAULTS = {"min_energy_per_atom": -50.0, "max_energy_per_atom": 0.0, "window": 15.0}
 
 
@@ -295,7 +297,40 @@ def run_round(
     Raises:
         InputError: Unfinished or repeated DFT results, data the model kind cannot learn, a state of
             another tree. The state is unchanged then.
+        OutputError: Another round of the same loop is running.
     """
+    read_state(loop_dir)  # a folder without a loop gets its own error before any lock file is made
+    with round_lock(loop_dir):
+        return _run_round(loop_dir, dft, dft_options, echo, progress, learn)
+
+
+@contextmanager
+def round_lock(loop_dir: str | Path) -> Iterator[Any]:
+    """Hold the loop's lock for a whole round: two rounds at once would hand the same starts to DFT.
+
+    The lock is an OS file lock (``filelock``), so a round that was killed leaves no stale lock behind.
+
+    Raises:
+        OutputError: Another process holds it.
+    """
+    from filelock import FileLock, Timeout  # deferred like the runner's lock: only rounds need it
+
+    path = Path(loop_dir) / LOCK_FILE
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(
+            f"Another `snb-ml loop round` is running in {loop_dir} (it holds {path}); wait for it to "
+            "finish. Nothing was changed."
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _run_round(loop_dir, dft, dft_options, echo, progress, learn) -> RoundRecord:
     started = time.perf_counter()
     state = read_state(loop_dir)
     index = state.next_round
