@@ -164,3 +164,14 @@ def test_evaluate_scores_chgnet_models_per_cell(resumed, dataset, tmp_path):
     assert tuned["overall"]["n_frames"] == 3 and tuned["charge_mode"] == "none"
     assert tuned["overall"]["energy_mae"] == pytest.approx(result.after["train"]["energy_mae"], abs=1e-3)
     assert stock["overall"]["energy_mae"] == pytest.approx(result.before["train"]["energy_mae"], abs=1e-3)
+
+
+def test_energy_only_datasets_train_without_forces(resumed, dataset, tmp_path):
+    """Minima without force labels (--minima-forces none) train on energies alone: no force term at all."""
+    with_forces = json.loads((resumed[1].model_dir / "training.json").read_text())
+    assert set(with_forces["history"][0]["train"]) == {"e", "f"}  # zero-force minima: forces trained
+    settings = ChgnetSettings(epochs=1, batch_size=3, lr=1e-3, minima_forces="none", threads=1)
+    result = train_chgnet(dataset, tmp_path / "model", settings, **QUIET)
+    record = json.loads((result.model_dir / "training.json").read_text())
+    assert set(record["history"][0]["train"]) == {"e"}
+    assert result.after["train"]["n_frames"] == 3
