@@ -175,3 +175,27 @@ def test_energy_only_datasets_train_without_forces(resumed, dataset, tmp_path):
     record = json.loads((result.model_dir / "training.json").read_text())
     assert set(record["history"][0]["train"]) == {"e"}
     assert result.after["train"]["n_frames"] == 3
+
+
+def test_predictions_hold_a_bounded_number_of_atoms_per_call(dataset, monkeypatch):
+    """CHGNet keeps every structure's force graph in a call: big cells are predicted a few at a time."""
+    from snb_ml.training import chgnet_data
+    from snb_ml.training.chgnet_trainer import load_base
+    from snb_ml.training.frames import read_split
+
+    frames = read_split(dataset, "train")  # three 63-atom cells
+    model = load_base("0.3.0")
+    calls = []
+    predict = model.predict_structure
+
+    def observed(structures, **kwargs):
+        calls.append(kwargs["batch_size"])
+        return predict(structures, **kwargs)
+
+    monkeypatch.setattr(model, "predict_structure", observed)
+    together, _ = chgnet_data.predict_frames(model, frames)
+    monkeypatch.setattr(chgnet_data, "PREDICT_ATOMS", 100)  # room for one 63-atom cell per call
+    apart, forces = chgnet_data.predict_frames(model, frames)
+    assert calls == [4, 1]  # 4 x 63 atoms fit in the default 256; then one at a time
+    np.testing.assert_allclose(apart, together, atol=1e-3)
+    assert [f.shape for f in forces] == [(63, 3)] * 3

@@ -94,15 +94,25 @@ def to_structure(atoms: Atoms):
     )
 
 
+#: Atoms per CHGNet prediction call in :func:`predict_frames` (bounds its memory).
+PREDICT_ATOMS = 256
+
+
 def predict_frames(
     model, frames: Sequence[Atoms], batch_size: int = 4
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Return a CHGNet model's total energies (eV) and forces (eV/Å) for ``frames``."""
+    """Return a CHGNet model's total energies (eV) and forces (eV/Å) for ``frames``.
+
+    ``batch_size`` is lowered so that one call holds at most ``PREDICT_ATOMS`` atoms: CHGNet keeps the
+    force graph of every structure in a call (up to ~9 MB per atom of a dense cell such as MgO), and
+    four 216-atom MgO cells in one call took the process past 17 GB.
+    """
     import contextlib
     import io
 
     if not frames:
         return np.zeros(0), []
+    batch_size = max(1, min(batch_size, PREDICT_ATOMS // max(len(a) for a in frames)))
     structures = [to_structure(atoms) for atoms in frames]
     with contextlib.redirect_stdout(io.StringIO()):
         results = model.predict_structure(structures, task="ef", batch_size=batch_size)
