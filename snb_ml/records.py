@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from snb_ml.high_energy import judge_high_energy as judge_high_energy  # re-exported: its former home
 from snb_ml.high_energy import judge_records
 from snb_ml.tree.layout import HIGH_ENERGY_SUFFIX
 from snb_ml.tree.provenance import DistortionRecord as DistortionRecord  # re-exported: its former home
