@@ -322,7 +322,7 @@ class Probe:
         before = snapshot(case / "tree")
         code = (
             "import contextlib, errno, sys\nfrom pathlib import Path\n"
-            "import snb_ml.runner, snb_ml.safe_write, snb_ml.tree.layout\n"
+            "import snb_ml.safe_write, snb_ml.tree.layout, snb_ml.tree.writer\n"
             "real = snb_ml.safe_write.atomic_path\n"
             "written = []\n@contextlib.contextmanager\ndef writer(target):\n    target = Path(target)\n"
             "    with real(target) as temporary:\n"
@@ -330,7 +330,7 @@ class Probe:
             "        if hit and target.name == 'CONTCAR':\n            written.append(target)\n"
             "        if hit and len(written) > 2:\n"
             "            raise OSError(errno.ENOSPC, 'No space left on device')\n        yield temporary\n"
-            "for module in (snb_ml.safe_write, snb_ml.runner, snb_ml.tree.layout):\n"
+            "for module in (snb_ml.safe_write, snb_ml.tree.writer, snb_ml.tree.layout):\n"
             "    module.atomic_path = writer\nfrom snb_ml.cli import main\n"
             f"main({['run', '-p', 'tree', *EMT]!r})\n"
         )

@@ -1,4 +1,4 @@
-"""Per-distortion records of an ML tree: when one may be reused, and its ``_High_Energy`` judgement.
+"""Per-distortion records of an ML tree: when one may be reused, and its ``_High_Energy`` folder.
 
 Both are functions of the records and inputs of *this* run, never of history: a result is reused only
 when its starting structure (sha256 of the input file) and charge are those of this run (the model and
@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from snb_ml.high_energy import judge_high_energy as judge_high_energy  # re-exported: its former home
+from snb_ml.high_energy import judge_records
 from snb_ml.tree.layout import HIGH_ENERGY_SUFFIX
 from snb_ml.tree.provenance import DistortionRecord as DistortionRecord  # re-exported: its former home
 from snb_ml.tree.status import ENERGY_STATUSES, Status
@@ -73,25 +75,6 @@ def output_of(ml_dir: Path, record: DistortionRecord) -> Path | None:
     return None
 
 
-def judge_high_energy(
-    folder: str, status: str, energy: float | None, reference: float | None, threshold: float
-) -> tuple[str, str]:
-    """Status and message of a finished relaxation judged against the Unperturbed energy.
-
-    A converged distortion ending more than ``threshold`` eV above ``reference`` is ``high_energy``
-    (ShakeNBreak's ``_High_Energy``); without a reference nothing is. Unconverged runs (continued on
-    the next run), exploded ones and Unperturbed are not judged.
-
-    Returns:
-        ``(status, message)``; the message is empty for a plain converged result.
-    """
-    if folder == "Unperturbed" or status not in (CONVERGED, HIGH_ENERGY):
-        return status, ""
-    if reference is None or energy is None or energy - reference <= threshold:
-        return CONVERGED, ""
-    return HIGH_ENERGY, f"{energy - reference:.2f} eV above Unperturbed (> {threshold} eV)"
-
-
 def output_name(folder: str, status: str) -> str:
     """Folder name of a result: ``X_High_Energy`` for high-energy and exploded runs (ShakeNBreak's rule)."""
     return (
@@ -119,7 +102,7 @@ def move_output(ml_dir: Path, current: str, target: str) -> None:
 def judge_all(
     ml_dir: Path, records: dict[str, DistortionRecord], reference: float | None, threshold: float
 ) -> str:
-    """Judge every result again (:func:`judge_high_energy`) and rename its folder to match.
+    """Judge every result again (:func:`~snb_ml.high_energy.judge_records`) and rename its folder to match.
 
     Args:
         ml_dir: The defect's ML tree folder.
@@ -130,20 +113,18 @@ def judge_all(
     Returns:
         The changes, e.g. ``"Dimer high energy, Rattled converged"`` (empty if none).
     """
-    changed = []
+    judged = judge_records(records, reference, threshold)
     for folder, record in records.items():
         if record.status == ERROR:
             continue
-        status, message = judge_high_energy(folder, record.status, record.energy, reference, threshold)
-        if status != record.status:
-            changed.append(f"{folder} {status.replace('_', ' ')}")
-            record.status, record.message = status, message
+        if folder in judged:
+            record.status, record.message = judged[folder].status, judged[folder].message
         output, target = output_of(ml_dir, record), output_name(folder, record.status)
         if output is not None and output.name != target:
             move_output(ml_dir, output.name, target)
         if output is not None:
             record.output_folder = target
-    return ", ".join(changed)
+    return ", ".join(f"{folder} {record.status.replace('_', ' ')}" for folder, record in judged.items())
 
 
 def energies_of(records: dict[str, DistortionRecord]) -> dict[str, float]:

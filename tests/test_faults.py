@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from conftest import DATA, EMT
 from monty.serialization import loadfn
 
-import snb_ml.runner
 import snb_ml.safe_write
 import snb_ml.tree.layout
+import snb_ml.tree.writer
 from snb_ml.cli import main
 from snb_ml.errors import InputError, ModelError, OutputError
 from snb_ml.relax import RelaxSettings
@@ -320,7 +320,7 @@ def full_disk_after(monkeypatch, defect: str, contcars: int):
                 raise OSError(errno.ENOSPC, "No space left on device")
             yield temporary
 
-    for module in (snb_ml.safe_write, snb_ml.runner, snb_ml.tree.layout):
+    for module in (snb_ml.safe_write, snb_ml.tree.writer, snb_ml.tree.layout):
         monkeypatch.setattr(module, "atomic_path", writer)
     yield
     monkeypatch.undo()

@@ -1,10 +1,14 @@
-"""The batched engine in a tree run: choosing the engine, relaxing all defects' distortions together."""
+"""The batched engine in a tree run: choosing the engine, relaxing all defects' jobs together."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 from snb_ml.batch.engine import BatchJob, relax_batched
 from snb_ml.batch.evaluators import batch_evaluator_for
 from snb_ml.errors import InputError
+from snb_ml.jobs import RelaxJob, RelaxOutcome
+from snb_ml.relax import RelaxSettings
 from snb_ml.relaxers.base import LoadedModel
 from snb_ml.settings import RunSettings
 
@@ -42,32 +46,50 @@ def choose_engine(settings: RunSettings, model: LoadedModel | None, pending: int
     return "batched" if fire and pending > 1 and evaluator.batched and pays else "sequential"
 
 
-def relax_runs_batched(runs: list, model: LoadedModel, settings: RunSettings) -> None:
-    """Relax the pending distortions of all defects together, one model call per step for the batch.
+def relax_jobs_batched(
+    jobs: Iterable[RelaxJob],
+    model: LoadedModel,
+    settings: RelaxSettings,
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[RelaxOutcome]:
+    """Relax all jobs together, one model call per step for the batch; yield each outcome as it finishes.
+
+    Each defect's Unperturbed job goes first among that defect's jobs: the others are judged against
+    its energy, so their outcomes can be written as soon as they finish.
 
     Args:
-        runs: The runner's opened per-defect runs (``pending`` structures, ``finish`` for outcomes).
-        model: The loaded model.
-        settings: Run settings (``relax`` and ``batch_size`` are used).
+        jobs: The structures to relax, of any number of defects.
+        model: The loaded model (its backend's batch evaluator does the work).
+        settings: Relaxation settings (FIRE).
+        batch_size: Most structures per model call (``None``: chosen from memory).
+        progress: Show a progress bar (messages printed between outcomes should go through
+            ``tqdm.write`` to keep it intact).
+        total: Relaxations the bar counts in all, including ones already done (default: the jobs).
+
+    Yields:
+        One outcome per job, in the order the relaxations finish.
     """
-    if settings.progress:
+    if progress:
         from tqdm.auto import tqdm
     else:
         from tqdm.std import tqdm
 
-    jobs = [
-        BatchJob((run, folder), atoms, run.reference)
-        for run in runs
-        for folder, atoms in sorted(run.pending, key=lambda item: item[0] != "Unperturbed")
-    ]
-    total = sum(len(run.folders) for run in runs)
+    jobs = list(jobs)
+    defects: dict[str, int] = {}
+    for job in jobs:
+        defects.setdefault(job.defect, len(defects))
+    queue = sorted(jobs, key=lambda job: (defects[job.defect], job.folder != "Unperturbed"))
+    total = len(queue) if total is None else total
     with tqdm(
         total=total,
-        initial=total - len(jobs),
+        initial=total - len(queue),
         desc="relaxing (batched)",
         unit="relax",
         mininterval=0.5,
-        disable=not settings.progress,
+        disable=not progress,
     ) as bar:
         calls = 0
 
@@ -77,14 +99,13 @@ def relax_runs_batched(runs: list, model: LoadedModel, settings: RunSettings) ->
             if calls % 10 == 0:
                 bar.set_postfix_str(f"{size} in batch, {calls} model calls")
 
-        outcomes = relax_batched(
-            jobs,
+        answers = relax_batched(
+            [BatchJob(job, job.atoms, job.reference_distance) for job in queue],
             batch_evaluator_for(model),
-            settings.relax,
-            max_structures=settings.batch_size,
+            settings,
+            max_structures=batch_size,
             on_step=on_step,
         )
-        for job, outcome in outcomes:
-            run, folder = job.key
-            run.finish(folder, outcome, bar.write)  # also takes the folder off run.pending
+        for batch_job, answer in answers:
+            yield RelaxOutcome.of(batch_job.key, answer)
             bar.update(1)
