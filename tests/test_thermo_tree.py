@@ -12,7 +12,7 @@ from doped.thermodynamics import DefectThermodynamics
 from doped_fixtures import build_cu_thermo
 
 from snb_ml.cli import main
-from snb_ml.cli_thermo import compute_free_energies
+from snb_ml.cli.thermo import compute_free_energies
 from snb_ml.thermo.entropy import K_B
 
 EMT = ["--relaxer", "ase", "--model", "ase.calculators.emt:EMT"]

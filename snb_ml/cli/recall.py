@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from snb_ml.cli_options import ml_parameters, settings_from_options
+from snb_ml.cli.options import ml_parameters, settings_from_options
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -21,7 +21,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _recall(path, output, defect, policy, tolerance, threshold, noise, **options) -> None:
-    from snb_ml.cli_options import short_warning
+    from snb_ml.cli.options import short_warning
     from snb_ml.minima.selection import DEFAULT_THRESHOLD
     from snb_ml.minima.trust import ENERGY_NOISE
     from snb_ml.recall import benchmark_search

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
-from snb_ml.cli_options import ML_PARAMETER_NAMES, ml_parameters, run_from_cli
+from snb_ml.cli.options import ML_PARAMETER_NAMES, ml_parameters, run_from_cli
 
 MARKER = "_snb_ml_extended"
 

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
-from snb_ml.cli_options import ml_parameters, settings_from_options
+from snb_ml.cli.options import ml_parameters, settings_from_options
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.thermo.inputs import read_structure, reference_from_json
 
@@ -377,7 +377,7 @@ def free_energy(
             delta = data["delta_free_energy"]
             click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
             return
-        from snb_ml.cli_thermo_tree import run_whole_tree
+        from snb_ml.cli.thermo_tree import run_whole_tree
 
         failed = run_whole_tree(
             thermo, tree, bulk, only, doped_output, refs, loaded, evaluator, temperatures, settings, symprec,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from snb_ml.cli_options import DEVICE
+from snb_ml.cli.options import DEVICE
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}

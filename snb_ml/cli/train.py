@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from snb_ml.cli_options import DeviceType
+from snb_ml.cli.options import DeviceType
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
