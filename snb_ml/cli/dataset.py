@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from snb_ml.errors import SnbMlError
+from snb_ml.cli.errors import cli_errors
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
 
 
 @click.command("dataset", context_settings=CONTEXT_SETTINGS)
@@ -54,6 +48,7 @@ def _fail(exc: Exception) -> None:
     help="Also harvest snb_ml ML-tree trajectories (head 'ml:<model>', config_type 'ml').",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@cli_errors
 def dataset(
     paths,
     output,
@@ -78,26 +73,23 @@ def dataset(
     from snb_ml.data.harvest import HarvestSettings, harvest, prepare_output, write_dataset
     from snb_ml.data.splits import parse_fractions
 
-    try:
-        settings = HarvestSettings(
-            filters=FilterSettings(
-                min_energy_per_atom=min_energy_per_atom,
-                max_energy_per_atom=max_energy_per_atom,
-                window=None if window < 0 else window,
-                frames_per_relaxation=frames_per_relaxation or None,
-                keep_unconverged=keep_unconverged,
-            ),
-            split=split,
-            fractions=parse_fractions(fractions),
-            seed=seed,
-            include_ml_trees=include_ml_trees,
-        )
-        out = Path(output)
-        prepare_output(out, force)
-        report = harvest(list(paths), settings, progress=not quiet)
-        write_dataset(report, out, list(paths), settings)
-    except SnbMlError as exc:
-        _fail(exc)
+    settings = HarvestSettings(
+        filters=FilterSettings(
+            min_energy_per_atom=min_energy_per_atom,
+            max_energy_per_atom=max_energy_per_atom,
+            window=None if window < 0 else window,
+            frames_per_relaxation=frames_per_relaxation or None,
+            keep_unconverged=keep_unconverged,
+        ),
+        split=split,
+        fractions=parse_fractions(fractions),
+        seed=seed,
+        include_ml_trees=include_ml_trees,
+    )
+    out = Path(output)
+    prepare_output(out, force)
+    report = harvest(list(paths), settings, progress=not quiet)
+    write_dataset(report, out, list(paths), settings)
     click.echo(report.table())
     click.echo(
         f"\nWrote {out}/train.xyz, valid.xyz, test.xyz, dataset.json, summary.csv in {report.seconds:.1f} s."
@@ -111,6 +103,7 @@ def dataset(
     "--fraction", type=float, default=0.1, show_default=True, help="Fraction of GGA frames to pick."
 )
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder.")
+@cli_errors
 def pick_hybrid(dataset_path, output, fraction, force) -> None:
     """Pick GGA frames of DATASET for HSE06 single points and write their VASP inputs.
 
@@ -120,14 +113,11 @@ def pick_hybrid(dataset_path, output, fraction, force) -> None:
     from snb_ml.data.harvest import prepare_output
     from snb_ml.data.picker import pick_frames, read_dataset, write_inputs
 
-    try:
-        frames = read_dataset(Path(dataset_path))
-        picked = pick_frames(frames, fraction)
-        out = Path(output)
-        prepare_output(out, force)
-        records = write_inputs(picked, out, Path(dataset_path))
-    except SnbMlError as exc:
-        _fail(exc)
+    frames = read_dataset(Path(dataset_path))
+    picked = pick_frames(frames, fraction)
+    out = Path(output)
+    prepare_output(out, force)
+    records = write_inputs(picked, out, Path(dataset_path))
     click.echo(
         f"Picked {len(records)} of {len(frames)} frames; inputs in {out} (add POTCARs: see README.md)."
     )

@@ -6,7 +6,6 @@ Harmonic (and optionally quasi-harmonic) free energies, and the vibrational part
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from collections import Counter
@@ -16,6 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
+from snb_ml.cli.errors import cli_errors
 from snb_ml.cli.options import ml_parameters, settings_from_options
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.thermo.inputs import read_structure, reference_from_json
@@ -240,11 +240,6 @@ def _temperatures(tmin: float, tmax: float, tstep: float) -> np.ndarray:
     return np.arange(tmin, tmax + tstep / 2, tstep)
 
 
-def _fail(exc: SnbMlError) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
-
-
 @click.command("free-energy", context_settings=CONTEXT_SETTINGS)
 @click.option("--defect", "defect", default=None, type=click.Path(exists=True), help="Defect supercell.")
 @click.option(
@@ -315,6 +310,7 @@ def _fail(exc: SnbMlError) -> None:
     "--output", "-o", default="free_energy.json", show_default=True, type=click.Path(dir_okay=False)
 )
 @_model_options
+@cli_errors
 def free_energy(
     defect, bulk, thermo, tree, only, doped_output, references, tmin, tmax, tstep, qha, charge, symprec,
     relax_cells, progress, output, **options
@@ -329,63 +325,52 @@ def free_energy(
     from snb_ml.safe_write import write_text
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
-    try:
-        modes = [
-            name for name, value in (("--defect", defect), ("--thermo", thermo), ("--tree", tree)) if value
-        ]
-        if len(modes) != 1:
-            raise InputError(
-                "Give exactly one of --defect (one defect, with --bulk), --thermo (every entry of a doped "
-                "DefectThermodynamics JSON) or --tree (a ShakeNBreak tree, with --bulk); got "
-                f"{modes or 'none'}."
-            )
-        if (defect or tree) and not bulk:
-            raise InputError(f"{modes[0]} needs --bulk (the pristine supercell).")
-        if doped_output and not thermo:
-            raise InputError(
-                "--doped-output needs --thermo (the doped DefectThermodynamics to attach terms to)."
-            )
-        if (only or doped_output) and defect:
-            raise InputError("--only and --doped-output work with --thermo or --tree, not --defect.")
-        if (thermo or tree) and (qha or charge is not None):
-            raise InputError(
-                "--qha and --charge apply to one defect (--defect); charges come from the entries."
-            )
-        temperatures = _temperatures(tmin, tmax, tstep)
-        settings = settings_from_options({**options, "fmax": 1e-3, "steps": 3000, "optimizer": "BFGS"})
-        refs = parse_references(references)
-        loaded = load_model(settings)
-        evaluator = phonon_evaluator(loaded, options.get("engine") or "auto")
-        if defect:
-            data = compute_free_energies(
-                defect,
-                bulk,
-                refs,
-                loaded.calculator,
-                temperatures,
-                qha=qha,
-                charge=charge,
-                model=loaded.name,
-                log=click.echo,
-                symprec=symprec,
-                relax_cells=relax_cells,
-                check_elements=loaded.check_elements,
-                evaluator=evaluator,
-            )
-            data["settings"] = settings.as_dict()
-            write_text(output, json.dumps(data, indent=1))
-            delta = data["delta_free_energy"]
-            click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
-            return
-        from snb_ml.cli.thermo_tree import run_whole_tree
-
-        failed = run_whole_tree(
-            thermo, tree, bulk, only, doped_output, refs, loaded, evaluator, temperatures, settings, symprec,
-            relax_cells, progress, output,
-        )  # fmt: skip
-    except SnbMlError as exc:
-        _fail(exc)
-    if failed:
-        _fail(
-            SnbMlError(f"{len(failed)} defect(s) failed ({', '.join(failed)}); the others are in {output}.")
+    modes = [name for name, value in (("--defect", defect), ("--thermo", thermo), ("--tree", tree)) if value]
+    if len(modes) != 1:
+        raise InputError(
+            "Give exactly one of --defect (one defect, with --bulk), --thermo (every entry of a doped "
+            "DefectThermodynamics JSON) or --tree (a ShakeNBreak tree, with --bulk); got "
+            f"{modes or 'none'}."
         )
+    if (defect or tree) and not bulk:
+        raise InputError(f"{modes[0]} needs --bulk (the pristine supercell).")
+    if doped_output and not thermo:
+        raise InputError("--doped-output needs --thermo (the doped DefectThermodynamics to attach terms to).")
+    if (only or doped_output) and defect:
+        raise InputError("--only and --doped-output work with --thermo or --tree, not --defect.")
+    if (thermo or tree) and (qha or charge is not None):
+        raise InputError("--qha and --charge apply to one defect (--defect); charges come from the entries.")
+    temperatures = _temperatures(tmin, tmax, tstep)
+    settings = settings_from_options({**options, "fmax": 1e-3, "steps": 3000, "optimizer": "BFGS"})
+    refs = parse_references(references)
+    loaded = load_model(settings)
+    evaluator = phonon_evaluator(loaded, options.get("engine") or "auto")
+    if defect:
+        data = compute_free_energies(
+            defect,
+            bulk,
+            refs,
+            loaded.calculator,
+            temperatures,
+            qha=qha,
+            charge=charge,
+            model=loaded.name,
+            log=click.echo,
+            symprec=symprec,
+            relax_cells=relax_cells,
+            check_elements=loaded.check_elements,
+            evaluator=evaluator,
+        )
+        data["settings"] = settings.as_dict()
+        write_text(output, json.dumps(data, indent=1))
+        delta = data["delta_free_energy"]
+        click.echo(f"ΔF_vib({temperatures[-1]:g} K) = {delta[-1]:+.4f} eV; written to {output}.")
+        return
+    from snb_ml.cli.thermo_tree import run_whole_tree
+
+    failed = run_whole_tree(
+        thermo, tree, bulk, only, doped_output, refs, loaded, evaluator, temperatures, settings, symprec,
+        relax_cells, progress, output,
+    )  # fmt: skip
+    if failed:
+        raise SnbMlError(f"{len(failed)} defect(s) failed ({', '.join(failed)}); the others are in {output}.")

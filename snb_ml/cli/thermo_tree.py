@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from snb_ml.errors import InputError, SnbMlError
+from snb_ml.cli.errors import cli_errors
+from snb_ml.errors import InputError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 #: The one line a doped user needs to load the written file (shown in the docs and after a run).
@@ -166,6 +166,7 @@ def run_whole_tree(
 @click.option(
     "--extrapolate", is_flag=True, help="Hold ΔF_vib at its end values outside the computed temperatures."
 )
+@cli_errors
 def attach_terms_command(thermo: str, free_energies: str, output: str, extrapolate: bool) -> None:
     """Write a doped DefectThermodynamics JSON with the ΔF_vib(T) of a whole-tree run attached.
 
@@ -174,14 +175,10 @@ def attach_terms_command(thermo: str, free_energies: str, output: str, extrapola
     """
     from snb_ml.thermo.tree import load_thermodynamics, read_tree_json
 
-    try:
-        if Path(output).resolve() == Path(thermo).resolve():
-            raise InputError("--output must differ from --thermo: the doped input is never overwritten.")
-        base, data = load_thermodynamics(thermo), read_tree_json(free_energies)
-        with_terms = write_doped_json(base, data, output, extrapolate=extrapolate)
-    except SnbMlError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    if Path(output).resolve() == Path(thermo).resolve():
+        raise InputError("--output must differ from --thermo: the doped input is never overwritten.")
+    base, data = load_thermodynamics(thermo), read_tree_json(free_energies)
+    with_terms = write_doped_json(base, data, output, extrapolate=extrapolate)
     names = ", ".join(sorted(with_terms.terms))
     click.echo(f"ΔF_vib attached to {names}; written to {output}. Load it with\n")
     click.echo("  " + LOAD_LINE.format(path=output))
