@@ -28,6 +28,7 @@ from ase import Atoms
 
 from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import write_text
 from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
 from snb_ml.thermo.phonons import (
@@ -233,8 +234,6 @@ def tree_free_energies(
     Raises:
         InputError: For a missing reference, elements the model lacks, or an output of other settings.
     """
-    from tqdm.auto import tqdm
-
     output = Path(output)
     changes = {cell.name: composition_change(cell.atoms, bulk) for cell in cells}
     needed = sorted({e for change in changes.values() for e in change})
@@ -310,7 +309,7 @@ def tree_free_energies(
     if len(todo) < len(cells):
         log(f"resuming {output}: {len(cells) - len(todo)} of {len(cells)} defects already done")
     data["failed"] = {k: v for k, v in data.get("failed", {}).items() if k not in {c.name for c in todo}}
-    for cell in tqdm(todo, desc="defects", unit="defect", disable=not progress):
+    for cell in progress_bar(todo, desc="defects", unit="defect", enabled=progress):
         start = time.perf_counter()
         try:
             atoms = cell.atoms.copy()
