@@ -217,8 +217,8 @@ def test_cli_symprec_changes_displacements(tmp_path):
 
 
 def test_strained_cells_warn_and_relax_cells_rescales(tmp_path):
-    from snb_ml.cli.thermo import compute_free_energies
     from snb_ml.thermo.cells import bulk_pressure
+    from snb_ml.thermo.workflow import compute_free_energies
 
     _cu_pair(tmp_path, a=3.50)  # EMT Cu: a0 = 3.59 Å, so ~8 % compressed in volume
     pressure = bulk_pressure(bulk("Cu", "fcc", a=3.50, cubic=True), EMT())

@@ -113,7 +113,7 @@ main.add_command(select)
 main.add_command(pairs)
 main.add_command(free_energy)
 
-from snb_ml.cli.thermo_tree import attach_terms_command  # noqa: E402
+from snb_ml.cli.attach_terms import attach_terms_command  # noqa: E402
 
 main.add_command(attach_terms_command)
 

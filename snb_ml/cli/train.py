@@ -28,6 +28,21 @@ _DIELECTRIC_HELP = (
 )
 
 
+def _dielectric_option(prefix: str = "", suffix: str = ""):
+    """``--dielectric`` (text, parsed by ``_dielectric``), shared by ``train`` and ``evaluate --levels``."""
+    return click.option("--dielectric", default=None, help=prefix + _DIELECTRIC_HELP + suffix)
+
+
+#: ``--device`` of ``train`` and ``evaluate``: training runs on the CPU unless a GPU is asked for.
+_device_option = click.option(
+    "--device",
+    type=DeviceType(("cpu", "cuda")),
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda or cuda:N.",
+)
+
+
 def _level_options(command):
     """Options of ``snb-ml evaluate --levels``, passed to the command as ``levels`` (``None``: off)."""
     names = ("levels", "dielectric", "correction", "vbm", "band_gap")
@@ -38,7 +53,7 @@ def _level_options(command):
             help="Also compute charge-transition levels of model and DFT with doped (needs the bulk in the "
             "dataset and --dielectric for charged states).",
         ),
-        click.option("--dielectric", default=None, help=_DIELECTRIC_HELP),
+        _dielectric_option(),
         click.option(
             "--correction",
             type=click.Choice(["efnv", "pc"]),
@@ -123,13 +138,7 @@ CHGNET_ONLY = (
 )
 @click.option("--batch-size", type=int, default=None, help="Structures per batch [mace 2, chgnet 4].")
 @click.option("--seed", type=int, default=None, help="Random seed [mace 123, chgnet 0].")
-@click.option(
-    "--device",
-    type=DeviceType(("cpu", "cuda")),
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda or cuda:N.",
-)
+@_device_option
 @click.option("--threads", type=int, default=None, help="Torch threads of the training process.")
 @click.option("--restart", is_flag=True, help="Resume from the latest checkpoint in MODEL_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar (mace: print its epoch lines instead).")
@@ -184,11 +193,7 @@ CHGNET_ONLY = (
     "reservoir q*E_ref and curvature U*q^2/2, q*E_ref alone, or none [quadratic for charge-aware modes, "
     "none for --charge-mode none].",
 )
-@click.option(
-    "--dielectric",
-    default=None,
-    help="[mace] " + _DIELECTRIC_HELP + " Adds the explicit point-charge image term -E_pc(q; cell, eps).",
-)
+@_dielectric_option("[mace] ", " Adds the explicit point-charge image term -E_pc(q; cell, eps).")
 @click.option("--force-weight", type=float, default=None, help="[chgnet] Force loss weight [1].")
 @click.option(
     "--stress-weight", type=float, default=None, help="[chgnet] Stress loss weight [0: not trained]."
@@ -280,13 +285,7 @@ def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed
     default=None,
     help="DFT ground states (JSON or folder): RMSD of the model-relaxed structures and transition levels.",
 )
-@click.option(
-    "--device",
-    type=DeviceType(("cpu", "cuda")),
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda or cuda:N.",
-)
+@_device_option
 @click.option("--no-plots", is_flag=True, help="Skip the parity plots.")
 @_level_options
 @cli_errors
