@@ -10,11 +10,28 @@ from snb_ml.cli.errors import cli_errors
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
+# Options of the two commands that write train/valid/test.xyz (`dataset` and `single-step dataset`).
+xyz_output_option = click.option(
+    "--output", "-o", required=True, type=click.Path(), help="Folder for train/valid/test.xyz."
+)
+force_option = click.option("--force", is_flag=True, help="Overwrite the files in a non-empty output folder.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def split_options(function):
+    """``--fractions`` and ``--seed`` of the train/valid/test split."""
+    function = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")(
+        function
+    )
+    return click.option(
+        "--fractions", default="0.8,0.1,0.1", show_default=True, help="train,valid,test fractions."
+    )(function)
+
 
 @click.command("dataset", context_settings=CONTEXT_SETTINGS)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(), help="Folder for train/valid/test.xyz.")
-@click.option("--force", is_flag=True, help="Overwrite the files in a non-empty output folder.")
+@xyz_output_option
+@force_option
 @click.option(
     "--split",
     type=click.Choice(["relaxation", "defect", "composition", "frames"]),
@@ -23,8 +40,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
     help="Unit kept on one side of the split; 'frames' cuts each relaxation into contiguous blocks "
     "(weaker: correlated frames).",
 )
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,valid,test fractions.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@split_options
 @click.option(
     "--frames-per-relaxation",
     type=int,
@@ -47,7 +63,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
     is_flag=True,
     help="Also harvest snb_ml ML-tree trajectories (head 'ml:<model>', config_type 'ml').",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @cli_errors
 def dataset(
     paths,

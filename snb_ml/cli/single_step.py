@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from snb_ml.cli.dataset import force_option, quiet_option, split_options, xyz_output_option
 from snb_ml.cli.errors import cli_errors
 from snb_ml.cli.options import DEVICE
 from snb_ml.errors import SnbMlError
@@ -23,7 +24,7 @@ def single_step() -> None:
 
 @single_step.command("dataset", context_settings=CONTEXT_SETTINGS)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(), help="Folder for train/valid/test.xyz.")
+@xyz_output_option
 @click.option(
     "--bulk",
     multiple=True,
@@ -37,8 +38,7 @@ def single_step() -> None:
     show_default=True,
     help="Unit kept on one side of the split.",
 )
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,valid,test fractions.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@split_options
 @click.option(
     "--frames",
     type=int,
@@ -46,8 +46,8 @@ def single_step() -> None:
     show_default=True,
     help="Intermediate trajectory/OUTCAR frames per relaxation added as extra pairs (frame -> final).",
 )
-@click.option("--force", is_flag=True, help="Overwrite the files in a non-empty output folder.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@force_option
+@quiet_option
 @cli_errors
 def dataset(paths, output, bulk, split, fractions, seed, frames, force, quiet) -> None:
     """Harvest (unrelaxed, relaxed) pairs from ML trees and ShakeNBreak DFT trees (POSCAR -> CONTCAR).

@@ -15,7 +15,7 @@ import numpy as np
 
 from snb_ml.cli.attach_terms import LOAD_LINE, term_option, thermo_option
 from snb_ml.cli.errors import cli_errors
-from snb_ml.cli.options import ml_parameters, settings_from_options
+from snb_ml.cli.options import ml_parameters, settings_from_options, short_warning
 from snb_ml.errors import InputError, SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -139,7 +139,7 @@ def free_energy(
     from snb_ml.safe_write import write_text
     from snb_ml.thermo import workflow
 
-    warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
+    warnings.formatwarning = short_warning
     modes = [name for name, value in (("--defect", defect), ("--thermo", thermo), ("--tree", tree)) if value]
     if len(modes) != 1:
         raise InputError(
