@@ -106,7 +106,7 @@ def _extend_snb_run() -> None:
     """
     import shakenbreak.cli
 
-    from snb_ml.shakenbreak_cli import extend_run_command
+    from snb_ml.cli.shakenbreak import extend_run_command
 
     extend_run_command(shakenbreak.cli)
 

@@ -13,7 +13,7 @@ DISABLE_ENV = "SNB_ML_DISABLE_SNB_HOOK"
 
 def _extend(module) -> None:
     try:
-        from snb_ml.shakenbreak_cli import extend_run_command
+        from snb_ml.cli.shakenbreak import extend_run_command
 
         extend_run_command(module)
     except Exception as exc:  # never break ShakeNBreak itself

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from snb_ml.errors import InputError, SnbMlError
+from snb_ml.progress import progress_bar
 from snb_ml.runner import FINAL_STATUSES, DefectReport, RunReport, default_ml_tree, load_model, run_tree
 from snb_ml.settings import RunSettings
 from snb_ml.tree.layout import DefectInput, check_output_location, input_tree_identity, locate_defects
@@ -294,11 +295,6 @@ class _DaskRun:
 
     def run(self, client: Any) -> RunReport:
         self.client = client
-        if self.settings.progress:
-            from tqdm.auto import tqdm
-        else:
-            from tqdm.std import tqdm
-
         info = self.client.scheduler_info()
         if not info.get("workers"):
             print(
@@ -309,12 +305,12 @@ class _DaskRun:
         progress = _ProvenanceProgress(self.selected, self.ml_top, self.settings.force)
         futures = self._submit()
         pending = dict(futures)
-        with tqdm(
+        with progress_bar(
             total=progress.total,
             desc=f"{len(self.selected)} defect(s) on Dask",
             unit="relax",
             mininterval=0.5,
-            disable=not self.settings.progress,
+            enabled=self.settings.progress,
         ) as bar:
             try:
                 while pending:

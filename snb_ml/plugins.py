@@ -195,13 +195,17 @@ def get_free_energy_terms() -> dict[str, Registered]:
     return dict(_load()[3]["term"])
 
 
-def get_free_energy_term(name: str) -> Registered:
+def get_free_energy_term(name: str, option: str = "term name") -> Registered:
     """Return the free-energy term builder called ``name`` (call its ``provider`` to build a term).
+
+    Args:
+        name: The registered name.
+        option: Where the name came from, for the error message (e.g. ``--term``).
 
     Raises:
         InputError: If no installed plugin registers it (the message lists those that do).
     """
-    return _lookup("term", "term name", name)
+    return _lookup("term", option, name)
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

@@ -9,7 +9,7 @@ import pytest
 from ase.io import read
 from click.testing import CliRunner
 
-from snb_ml.cli_train import train as train_command
+from snb_ml.cli.train import train as train_command
 from snb_ml.data import FilterSettings, HarvestSettings, harvest, write_dataset
 from snb_ml.errors import InputError, OutputError
 from snb_ml.training.chgnet_config import ChgnetSettings

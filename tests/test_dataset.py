@@ -11,8 +11,8 @@ from ase import units
 from ase.io import read
 from click.testing import CliRunner
 
-from snb_ml.cli_dataset import dataset as dataset_command
-from snb_ml.cli_dataset import pick_hybrid
+from snb_ml.cli.dataset import dataset as dataset_command
+from snb_ml.cli.dataset import pick_hybrid
 from snb_ml.data import FilterSettings, HarvestSettings, harvest
 from snb_ml.data.picker import pick_frames, write_inputs
 from snb_ml.errors import InputError, OutputError

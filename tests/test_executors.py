@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, EMT, run_cli
 
 from snb_ml.api import relax_tree
-from snb_ml.cli_options import settings_from_options
+from snb_ml.cli.options import settings_from_options
 from snb_ml.errors import InputError, ModelError
 from snb_ml.executors import _ProvenanceProgress, run_with_executor
 from snb_ml.runner import run_tree

@@ -394,9 +394,9 @@ def test_free_energy_names_the_element_the_model_lacks(tmp_path):
     from ase.calculators.emt import EMT as EmtCalculator
     from ase.io import write
 
-    from snb_ml.cli_thermo import compute_free_energies
     from snb_ml.relaxers.ase_backend import load_ase_calculator
     from snb_ml.relaxers.base import CalculatorRequest
+    from snb_ml.thermo.workflow import compute_free_energies
 
     host = bulk("CdTe", "zincblende", a=6.5, cubic=True)
     write(tmp_path / "POSCAR_bulk", host, format="vasp")
@@ -421,7 +421,7 @@ def test_free_energy_unneeded_reference_warns_and_is_not_stored(tmp_path):
     from ase.calculators.emt import EMT as EmtCalculator
     from ase.io import write
 
-    from snb_ml.cli_thermo import compute_free_energies
+    from snb_ml.thermo.workflow import compute_free_energies
 
     host = bulk("Cu", "fcc", a=3.59, cubic=True)
     defect = host.copy()
@@ -445,7 +445,7 @@ def test_free_energy_unneeded_reference_warns_and_is_not_stored(tmp_path):
 
 @pytest.mark.parametrize("option", ["--tmax", "--tmin", "--tstep"])
 def test_free_energy_refuses_nan_temperatures(tmp_path, option):
-    from snb_ml.cli_thermo import free_energy
+    from snb_ml.cli.thermo import free_energy
 
     poscar = DATA / "Cu_tree" / "v_Cu_0" / "Unperturbed" / "POSCAR"
     args = [
@@ -494,7 +494,7 @@ def test_suggested_commands_are_shell_quoted(tmp_path):
 
 
 def test_undo_message_names_the_tree(cu_tree, monkeypatch):
-    from snb_ml.cli_select import select
+    from snb_ml.cli.select import select
 
     quiet_run(cu_tree, emt())
     monkeypatch.chdir(cu_tree / "v_Cu_0")

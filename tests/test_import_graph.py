@@ -22,7 +22,7 @@ DEFERRED = re.compile(r"#\s*deferred:\s*\S")
 DEFERRING_MODULES = {
     # Command-line modules: `snb-ml --help` and `snb-run` (whose hook loads snb_ml at start-up) must not
     # import torch, ase or pymatgen before a command actually runs.
-    re.compile(r"snb_ml\.(cli(_\w+)?|shakenbreak_cli|_shakenbreak_hook)$"): "CLI start-up",
+    re.compile(r"snb_ml\.(cli(\.\w+)?|_shakenbreak_hook)$"): "CLI start-up",
 }
 
 

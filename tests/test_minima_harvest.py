@@ -9,7 +9,7 @@ import pytest
 from ase.io import read
 from click.testing import CliRunner
 
-from snb_ml.cli_dataset import dataset as dataset_command
+from snb_ml.cli.dataset import dataset as dataset_command
 from snb_ml.data import FilterSettings, HarvestSettings, harvest
 from snb_ml.errors import InputError
 

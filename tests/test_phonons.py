@@ -150,7 +150,7 @@ def test_quasi_harmonic_expands_and_lowers_free_energy():
 def test_cli_writes_json(tmp_path, cu_cell):
     from click.testing import CliRunner
 
-    from snb_ml.cli_thermo import free_energy
+    from snb_ml.cli.thermo import free_energy
 
     cell = cu_cell.repeat(2)
     vacancy = cell.copy()
@@ -201,7 +201,7 @@ def _cu_pair(tmp_path, a=3.59, rattle=0.0):
 def test_cli_symprec_changes_displacements(tmp_path):
     from click.testing import CliRunner
 
-    from snb_ml.cli_thermo import free_energy
+    from snb_ml.cli.thermo import free_energy
 
     args = _cu_pair(tmp_path, rattle=0.02)  # relaxed back to ~1e-4 Å of the symmetric vacancy
     counts = {}
@@ -217,8 +217,8 @@ def test_cli_symprec_changes_displacements(tmp_path):
 
 
 def test_strained_cells_warn_and_relax_cells_rescales(tmp_path):
-    from snb_ml.cli_thermo import compute_free_energies
     from snb_ml.thermo.cells import bulk_pressure
+    from snb_ml.thermo.workflow import compute_free_energies
 
     _cu_pair(tmp_path, a=3.50)  # EMT Cu: a0 = 3.59 Å, so ~8 % compressed in volume
     pressure = bulk_pressure(bulk("Cu", "fcc", a=3.50, cubic=True), EMT())

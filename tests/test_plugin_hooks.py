@@ -112,3 +112,75 @@ def test_example_term_reaches_doped(with_extras):
     without = dt.get_formation_energy("v_Cl_+1", fermi_level=0.4)
     with ft.terms_applied(300.0):  # doped's own formation energy, with the plugin's term added
         assert ft.get_formation_energy("v_Cl_+1", fermi_level=0.4) == pytest.approx(without + 0.04)
+
+
+def test_example_term_from_the_command_line(with_extras, tmp_path):
+    """`--term` builds the plugin's term by name and attaches it (and only it) next to ΔF_vib."""
+    import json
+
+    from click.testing import CliRunner
+    from doped.thermodynamics import DefectThermodynamics
+
+    from snb_ml.cli import main
+
+    root = Path(__file__).parents[1]
+    thermo = root / "tests" / "data" / "doped" / "CdTe_vCd_CdTe_thermo.json.gz"
+    fvib = root / "examples" / "doped_thermo" / "data" / "CdTe_v_Cd_fvib_tree.json"
+    output = tmp_path / "ft.json.gz"
+    base_args = ["attach-terms", "--thermo", str(thermo), "--free-energies", str(fvib), "-o", str(output)]
+    result = CliRunner().invoke(main, [*base_args, "--term", 'v_Cd:linear={"a": 0.1, "b": -2e-4}'])
+    assert result.exit_code == 0, result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = DefectThermodynamics.from_json(str(output))
+        base = DefectThermodynamics.from_json(str(thermo))
+    assert written.term_names == ["linear", "vib"]
+    data = json.loads(fvib.read_text())
+    for entry in written.defect_entries:
+        values = written.term_values(entry, 873.0)
+        if not entry.startswith("v_Cd"):
+            assert values == {}, entry  # DEFECT v_Cd: the Cd_Te entries get no term
+            continue
+        vib = np.interp(873.0, data["temperatures"], data["defects"][entry]["delta_free_energy"])
+        assert values == {"vib": pytest.approx(vib), "linear": pytest.approx(0.1 - 2e-4 * 873.0)}
+        without = base.get_formation_energy(entry, fermi_level=0.8, limit="Te-rich")
+        with written.terms_applied(873.0):
+            on = written.get_formation_energy(entry, fermi_level=0.8, limit="Te-rich")
+        assert on == pytest.approx(without + vib + 0.1 - 2e-4 * 873.0)
+
+    # Without DEFECT the term goes to every entry.
+    everywhere = CliRunner().invoke(main, [*base_args, "--term", "linear=[0.05, 0]"])
+    assert everywhere.exit_code == 0, everywhere.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = DefectThermodynamics.from_json(str(output))
+    for entry in written.defect_entries:
+        assert written.term_values(entry, 500.0)["linear"] == pytest.approx(0.05), entry
+
+    # An unknown name: one error listing the installed terms, nothing written.
+    output.unlink()
+    unknown = CliRunner().invoke(main, [*base_args, "--term", "linaer"])
+    assert unknown.exit_code == 1
+    listed = "choose one of electronic, linear, structural, vibrational"
+    assert f"Unknown free-energy term 'linaer' (--term); {listed}" in unknown.output
+    assert not output.exists()
+    # free-energy checks --term before any model or phonon work.
+    for args, expected in [
+        (["--term", "linear=[0.1, 0]"], "--term needs --doped-output"),
+        (["--doped-output", str(output), "--term", "linaer"], "Unknown free-energy term 'linaer' (--term)"),
+    ]:
+        refused = CliRunner().invoke(
+            main,
+            [
+                "free-energy",
+                "--relaxer",
+                "ase",
+                "--thermo",
+                str(thermo),
+                "-o",
+                str(tmp_path / "fe.json"),
+                *args,
+            ],
+        )
+        assert refused.exit_code == 1 and expected in refused.output, (args, refused.output)
+    assert not (tmp_path / "fe.json").exists() and not output.exists()

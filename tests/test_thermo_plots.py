@@ -113,7 +113,7 @@ def test_concentration_plot_charge_neutrality(ft, dt):
 def test_vibrational_term_from_cli_json(tmp_path, dt):
     from click.testing import CliRunner
 
-    from snb_ml.cli_thermo import free_energy
+    from snb_ml.cli.thermo import free_energy
     from snb_ml.thermo.free_energy_json import load_free_energy_json
 
     cell = ase_bulk("Cu", "fcc", a=3.59, cubic=True).repeat(2)

@@ -12,8 +12,8 @@ from doped.thermodynamics import DefectThermodynamics
 from doped_fixtures import build_cu_thermo
 
 from snb_ml.cli import main
-from snb_ml.cli_thermo import compute_free_energies
 from snb_ml.thermo.entropy import K_B
+from snb_ml.thermo.workflow import compute_free_energies
 
 EMT = ["--relaxer", "ase", "--model", "ase.calculators.emt:EMT"]
 GRID = ["--tmax", "1000", "--tstep", "100"]

@@ -21,6 +21,7 @@ from snb_ml.data.minima import LABEL_KIND_KEY, MINIMUM, same_structure
 from snb_ml.data.sites import locate_site
 from snb_ml.data.splits import SPLITS, split_frames
 from snb_ml.errors import InputError, OutputError
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path, write_text
 
 ENERGY_CONVENTION = (
@@ -161,8 +162,6 @@ def harvest(paths: list[str | Path], settings: HarvestSettings, progress: bool =
         InputError: If nothing is found, a charge is inconsistent, a head mixes functionals, or no frame
             survives the filters (the message lists what each filter removed).
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     for path in paths:
         if not Path(path).is_dir():
@@ -178,7 +177,7 @@ def harvest(paths: list[str | Path], settings: HarvestSettings, progress: bool =
     bulk_references: dict[Path, list] = {}
     defect_folders: dict[str, Path] = {}
     roots: dict[str, Path] = {}
-    bar = tqdm(calculations, unit="folder", disable=not progress, desc="Harvesting")
+    bar = progress_bar(calculations, unit="folder", enabled=progress, desc="Harvesting")
     for calculation in bar:
         bar.set_postfix_str(calculation.relaxation[-40:])
         harvested = harvest_calculation(calculation)

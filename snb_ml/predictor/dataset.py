@@ -34,6 +34,7 @@ from snb_ml.data.splits import SPLITS, split_frames
 from snb_ml.data.vasp import UnreadableFile, output_files, read_outcar_frames
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.predictor.markers import MarkedStructure, mark_defect, with_positions
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path, write_text
 from snb_ml.tree.layout import is_defect_dir, is_distortion_dir
 from snb_ml.tree.metadata import charge_from_folder, defect_site_fractional, split_charge
@@ -288,8 +289,6 @@ def harvest_pairs(
     Raises:
         InputError: If a path is missing, the split mode is unknown, or no pair is found.
     """
-    from tqdm import tqdm
-
     settings = settings or PairSettings()
     if settings.split not in SPLIT_MODES:
         raise InputError(f"Unknown split {settings.split!r}; choose one of {', '.join(SPLIT_MODES)}.")
@@ -302,7 +301,7 @@ def harvest_pairs(
     frames: list[Atoms] = []
     skipped: list[str] = []
     directories = _defect_dirs(roots)
-    for defect_dir in tqdm(directories, desc="Harvesting pairs", unit="defect", disable=not progress):
+    for defect_dir in progress_bar(directories, desc="Harvesting pairs", unit="defect", enabled=progress):
         tree_name = defect_dir.parent.name
         if (defect_dir / PROVENANCE_FILE).is_file():
             frames += _ml_pairs(defect_dir, tree_name, bulks, settings, skipped)

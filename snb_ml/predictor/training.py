@@ -25,6 +25,7 @@ from snb_ml.errors import InputError
 from snb_ml.predictor.dataset import check_dataset, read_pairs
 from snb_ml.predictor.metrics import site_distances
 from snb_ml.predictor.model import CHECKPOINT_KIND, Hyperparameters, SingleStepPredictor, collate
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path, write_text
 
 DEFAULT_LR = 2e-3
@@ -99,10 +100,8 @@ class _Prepared:
 
 
 def _prepare(predictor: SingleStepPredictor, pairs: list, progress: bool, label: str) -> list[_Prepared]:
-    from tqdm import tqdm
-
     prepared = []
-    for marked, target, _ in tqdm(pairs, desc=f"Graphs ({label})", unit="pair", disable=not progress):
+    for marked, target, _ in progress_bar(pairs, desc=f"Graphs ({label})", unit="pair", enabled=progress):
         prepared.append(
             _Prepared(predictor.graph(marked), target - marked.atoms.positions, site_distances(marked))
         )
@@ -173,7 +172,6 @@ def train_single_step(
         InputError: Not a pair dataset, no training pairs, or a restart that does not match.
     """
     import torch
-    from tqdm import tqdm
 
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     document = check_dataset(dataset_dir)
@@ -225,13 +223,13 @@ def train_single_step(
         f"on {len(valid_items)}; elements {', '.join(elements)}; "
         f"{sum(p.numel() for p in predictor.network.parameters())} parameters."
     )
-    bar = tqdm(
+    bar = progress_bar(
         range(first_epoch, settings.epochs),
         initial=first_epoch,
         total=settings.epochs,
         desc="Epochs",
         unit="epoch",
-        disable=not progress,
+        enabled=progress,
     )
     for epoch in bar:
         for group in optimizer.param_groups:

@@ -21,6 +21,7 @@ from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.logs import quiet_import
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path
 
 OFFLINE_ENV = "SNB_ML_OFFLINE"
@@ -230,8 +231,6 @@ def download(name: str, label: str | None = None) -> Path:
 
 
 def _stream(source: str, temporary: Path) -> None:
-    from tqdm.auto import tqdm
-
     with urllib.request.urlopen(source, timeout=DOWNLOAD_TIMEOUT_S) as response:
         if response.headers.get_content_type() == "text/html":
             raise ValueError("the server sent an HTML page, not a model file")
@@ -239,7 +238,7 @@ def _stream(source: str, temporary: Path) -> None:
         received = 0
         with (
             open(temporary, "wb") as out,
-            tqdm(
+            progress_bar(
                 total=expected, unit="B", unit_scale=True, desc="MACE model", file=sys.stderr, leave=False
             ) as bar,
         ):

@@ -1,7 +1,7 @@
 """Inputs of ``snb-ml free-energy``: structure files or folders, and references computed earlier.
 
-Shared by the one-defect command (:mod:`snb_ml.cli_thermo`) and its whole-tree mode
-(:mod:`snb_ml.cli_thermo_tree`); light to import (ase is imported when a structure is read).
+Shared by the one-defect command (:mod:`snb_ml.cli.thermo`) and its whole-tree mode
+(:mod:`snb_ml.thermo.workflow`); light to import (ase is imported when a structure is read).
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ from ase import Atoms
 
 from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError
-from snb_ml.safe_write import write_text
+from snb_ml.progress import progress_bar
+from snb_ml.safe_write import atomic_path, write_text
 from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
+from snb_ml.thermo.inputs import read_structure, reference_from_json
 from snb_ml.thermo.phonons import (
     VibrationalFreeEnergy,
     auto_supercell_matrix,
@@ -162,6 +164,63 @@ def composition_change(defect: Atoms, bulk: Atoms) -> dict[str, int]:
     return {e: n for e, n in change.items() if n}
 
 
+def select_cells(cells: list[DefectCell], only: Iterable[str]) -> list[DefectCell]:
+    """The cells named in ``only`` (entry names such as ``v_Cd_-1``, or defects such as ``v_Cd``).
+
+    Raises:
+        InputError: For a name that is neither an entry nor a defect (the message lists both).
+    """
+    only = tuple(only)
+    if not only:
+        return cells
+    chosen = [c for c in cells if c.name in only or c.defect in only]
+    unknown = sorted(set(only) - {c.name for c in cells} - {c.defect for c in cells})
+    if unknown:
+        raise InputError(
+            f"--only {', '.join(unknown)}: not among the entries ({', '.join(c.name for c in cells)}) or "
+            f"defects ({', '.join(sorted({c.defect for c in cells}))})."
+        )
+    return chosen
+
+
+def load_references(references: dict[str, Path]) -> dict[str, Atoms | VibrationalFreeEnergy]:
+    """Reference structures (ASE, to compute) or earlier results (``VibrationalFreeEnergy``) by element.
+
+    Args:
+        references: ``--reference EL=PATH`` values: a structure file or folder, or a ``.json`` of an
+            earlier result (:func:`snb_ml.thermo.inputs.reference_from_json`).
+    """
+    out: dict[str, Atoms | VibrationalFreeEnergy] = {}
+    for element, path in references.items():
+        if Path(path).suffix == ".json":
+            out[element] = reference_from_json(Path(path), element, VibrationalFreeEnergy)
+        else:
+            out[element] = read_structure(path, f"--reference {element}")
+    return out
+
+
+def reference_free_energy(
+    atoms: Atoms,
+    calculator: Any,
+    relax_cell_first: bool,
+    min_length: float,
+    **harmonic: Any,
+) -> VibrationalFreeEnergy:
+    """Harmonic F_vib(T) of an elemental reference phase in a supercell of at least ``min_length`` Å.
+
+    Args:
+        atoms: The reference structure (primitive or conventional cell).
+        calculator: ASE calculator of the model.
+        relax_cell_first: Relax the cell in full with the model first (``--relax-cells``).
+        min_length: Smallest supercell lattice-vector length, Å.
+        **harmonic: Passed to :func:`~snb_ml.thermo.phonons.harmonic_free_energy` (temperatures, ...).
+    """
+    if relax_cell_first:
+        atoms = relax_cell(atoms, calculator)
+    matrix = auto_supercell_matrix(atoms, min_length)
+    return harmonic_free_energy(atoms, calculator, supercell_matrix=matrix, **harmonic)
+
+
 def _settings_key(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True)
 
@@ -233,8 +292,6 @@ def tree_free_energies(
     Raises:
         InputError: For a missing reference, elements the model lacks, or an output of other settings.
     """
-    from tqdm.auto import tqdm
-
     output = Path(output)
     changes = {cell.name: composition_change(cell.atoms, bulk) for cell in cells}
     needed = sorted({e for change in changes.values() for e in change})
@@ -298,10 +355,7 @@ def tree_free_energies(
         if isinstance(reference, VibrationalFreeEnergy):
             data["references"][element] = reference.to_dict()
             continue
-        if relax_cells:
-            reference = relax_cell(reference, calculator)
-        matrix = auto_supercell_matrix(reference, reference_min_length)
-        result = harmonic_free_energy(reference, calculator, supercell_matrix=matrix, **harmonic)
+        result = reference_free_energy(reference, calculator, relax_cells, reference_min_length, **harmonic)
         log(f"reference {element}: {result.formula}, {result.n_displacements} displacements")
         data["references"][element] = result.to_dict()
         save()
@@ -310,7 +364,7 @@ def tree_free_energies(
     if len(todo) < len(cells):
         log(f"resuming {output}: {len(cells) - len(todo)} of {len(cells)} defects already done")
     data["failed"] = {k: v for k, v in data.get("failed", {}).items() if k not in {c.name for c in todo}}
-    for cell in tqdm(todo, desc="defects", unit="defect", disable=not progress):
+    for cell in progress_bar(todo, desc="defects", unit="defect", enabled=progress):
         start = time.perf_counter()
         try:
             atoms = cell.atoms.copy()
@@ -372,7 +426,13 @@ def read_tree_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def attach_terms(thermo: Any, data: dict[str, Any], term_name: str = "vib", extrapolate: bool = False) -> Any:
+def attach_terms(
+    thermo: Any,
+    data: dict[str, Any],
+    term_name: str = "vib",
+    extrapolate: bool = False,
+    extra_terms: dict[str, dict[str, Any]] | None = None,
+) -> Any:
     """The doped drop-in (``FiniteTemperatureThermodynamics``) with the ΔF_vib of ``data`` attached.
 
     Args:
@@ -380,6 +440,8 @@ def attach_terms(thermo: Any, data: dict[str, Any], term_name: str = "vib", extr
         data: Whole-tree free-energy output (:func:`tree_free_energies`, :func:`read_tree_json`).
         term_name: Name of the term in the drop-in (``vib`` shows in the entropy breakdown's vib column).
         extrapolate: Hold the end values outside the computed temperatures (default: refuse).
+        extra_terms: More terms, ``{defect or entry name: {term name: term}}``, e.g. built by a
+            free-energy-term plugin (:func:`snb_ml.thermo.workflow.plugin_terms`).
 
     Raises:
         InputError: If a computed defect is not an entry of ``thermo``, or nothing was computed.
@@ -397,6 +459,41 @@ def attach_terms(thermo: Any, data: dict[str, Any], term_name: str = "vib", extr
             f"({', '.join(sorted(thermo.defect_entries))}); compute them from the same doped object "
             "(snb-ml free-energy --thermo) or rename the tree folders to doped's entry names."
         )
-    return FiniteTemperatureThermodynamics.from_thermodynamics(
+    with_terms = FiniteTemperatureThermodynamics.from_thermodynamics(
         thermo, terms={name: {term_name: term} for name, term in terms.items()}, extrapolate=extrapolate
     )
+    for name, group in (extra_terms or {}).items():
+        for extra_name, term in group.items():
+            if extra_name == term_name:
+                raise InputError(f"The term {term_name!r} is ΔF_vib here; give the other term another name.")
+            with_terms.set_term(name, extra_name, term)
+    return with_terms
+
+
+def write_doped_json(
+    thermo: Any,
+    data: dict[str, Any],
+    path: str | Path,
+    extrapolate: bool = False,
+    extra_terms: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """Attach the ΔF_vib terms (and ``extra_terms``) to ``thermo`` and write the doped JSON atomically.
+
+    The file (``.gz`` compressed by its name) loads with doped's own ``DefectThermodynamics.from_json``.
+
+    Returns:
+        The :class:`~snb_ml.thermo.doped_thermo.FiniteTemperatureThermodynamics` written.
+    """
+    from monty.serialization import dumpfn
+
+    with_terms = attach_terms(thermo, data, extrapolate=extrapolate, extra_terms=extra_terms)
+    target = Path(path)
+    # monty picks gzip from the name, so the temporary file keeps the target's suffixes.
+    with atomic_path(target) as temporary:
+        named = temporary.with_name(temporary.name + "".join(target.suffixes))
+        try:
+            dumpfn(with_terms, str(named))
+            named.replace(temporary)
+        finally:
+            named.unlink(missing_ok=True)
+    return with_terms

@@ -26,6 +26,7 @@ import numpy as np
 
 from snb_ml.data.frames import ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError, OutputError
+from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path, write_text
 from snb_ml.training.chgnet_config import PRETRAINED, ChgnetSettings
 from snb_ml.training.chgnet_data import (
@@ -394,11 +395,11 @@ def train_chgnet(
     has_f = any(not (settings.minima_forces == "none" and is_minimum(a)) for a in data["train"])
     targets = "e" + ("f" if has_f else "") + ("s" if has_s else "")
     history: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+    bar = (
+        progress_bar(total=settings.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+        if progress
+        else None
+    )
 
     def after_epoch(epoch: int, train: dict, valid: dict) -> None:
         entry = {"epoch": epoch, "train": train, "valid": valid}

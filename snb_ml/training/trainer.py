@@ -24,6 +24,7 @@ from typing import Any
 from snb_ml.errors import InputError, ModelError, SnbMlError
 from snb_ml.models import detect_charge_mode, graft_charge_embedding
 from snb_ml.models.charge_reference import attach_reference, fit_charge_reference
+from snb_ml.progress import progress_bar
 from snb_ml.relaxers.base import cuda_index
 from snb_ml.relaxers.mace_loading import load_torch_model
 from snb_ml.safe_write import atomic_path
@@ -123,11 +124,11 @@ def _run_mace(
         visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
     command = [sys.executable, "-m", "mace.cli.run_train", "--config", str(config_path)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+    bar = (
+        progress_bar(total=settings.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+        if progress
+        else None
+    )
     tail: list[str] = []
     with (
         open(model_dir / LOG_NAME, "w") as log,

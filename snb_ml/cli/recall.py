@@ -2,48 +2,41 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
 import click
 
-from snb_ml.cli_options import ml_parameters, settings_from_options
+from snb_ml.cli.errors import cli_errors
+from snb_ml.cli.options import ml_parameters, settings_from_options
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 _NOT_FOR_RECALL = ("output", "executor", "scheduler")  # the ML tree lives in --output; runs locally
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
-
-
+@cli_errors
 def _recall(path, output, defect, policy, tolerance, threshold, noise, **options) -> None:
-    from snb_ml.cli_options import short_warning
+    from snb_ml.cli.options import short_warning
     from snb_ml.minima.selection import DEFAULT_THRESHOLD
     from snb_ml.minima.trust import ENERGY_NOISE
     from snb_ml.recall import benchmark_search
 
     warnings.formatwarning = short_warning
-    try:
-        result = benchmark_search(
-            path,
-            output,
-            settings_from_options(options),
-            policy=policy,
-            tolerance=tolerance,
-            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-            defects=list(defect) or None,
-            noise=ENERGY_NOISE if noise is None else noise,
-        )
-    except SnbMlError as exc:
-        _fail(exc)
+    result = benchmark_search(
+        path,
+        output,
+        settings_from_options(options),
+        policy=policy,
+        tolerance=tolerance,
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        defects=list(defect) or None,
+        noise=ENERGY_NOISE if noise is None else noise,
+    )
     click.echo(result.table())
     click.echo(f"Reports: {Path(result.output) / f'recall_{policy}'}.json/.txt/.png", err=True)
     if result.failed:
-        _fail(SnbMlError("some defects could not be benchmarked (see above); the others are done."))
+        raise SnbMlError("some defects could not be benchmarked (see above); the others are done.")
 
 
 recall = click.Command(

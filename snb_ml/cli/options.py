@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
+from snb_ml.cli.errors import cli_errors
 from snb_ml.errors import InputError, SnbMlError
 from snb_ml.executors import EXECUTORS
 from snb_ml.relax import OPTIMIZERS, RelaxSettings
@@ -248,35 +248,26 @@ def _run_on_new_cluster(run: Any, options: dict[str, Any]) -> Any:
         return run(scheduler=cluster)
 
 
-_short_warning = short_warning  # the old private name, for modules not yet updated
-
-
+@cli_errors
 def run_from_cli(path: str | Path, defects: list[str] | None, options: dict[str, Any]) -> None:
     """Run an ML relaxation for the CLI: print the summary, exit 1 on any error."""
     from snb_ml.executors import run_with_executor
     from snb_ml.summary import format_summary
 
-    warnings.formatwarning = _short_warning
-    try:
-        settings = settings_from_options(options)
-        run = functools.partial(
-            run_with_executor,
-            path,
-            settings,
-            executor=options.get("executor") or "local",
-            defects=defects or None,
-            output=options.get("output"),
-        )
-        if options.get("cluster"):
-            report = _run_on_new_cluster(run, options)
-        else:
-            report = run(scheduler=options.get("scheduler"))
-    except SnbMlError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    warnings.formatwarning = short_warning
+    settings = settings_from_options(options)
+    run = functools.partial(
+        run_with_executor,
+        path,
+        settings,
+        executor=options.get("executor") or "local",
+        defects=defects or None,
+        output=options.get("output"),
+    )
+    if options.get("cluster"):
+        report = _run_on_new_cluster(run, options)
+    else:
+        report = run(scheduler=options.get("scheduler"))
     click.echo(format_summary(report))
     if report.failed:
-        click.echo(
-            "Error: some distortions or defects failed (see messages above); the others finished.", err=True
-        )
-        sys.exit(1)
+        raise SnbMlError("some distortions or defects failed (see messages above); the others finished.")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
-from snb_ml.cli_options import ML_PARAMETER_NAMES, ml_parameters, run_from_cli
+from snb_ml.cli.errors import cli_errors
+from snb_ml.cli.options import ML_PARAMETER_NAMES, ml_parameters, run_from_cli
 
 MARKER = "_snb_ml_extended"
 
@@ -25,28 +26,22 @@ def _given(names: tuple[str, ...]) -> bool:
     return any(context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE for name in names)
 
 
+@cli_errors
 def submit_from_cli(path: str, ml_options: dict, snb_options: dict) -> None:
     """Submit one ML job per defect for ``snb-run --relaxer ... -s ... -j ...``; exit 1 on an error."""
-    import sys
-
     import click
 
-    from snb_ml.errors import SnbMlError
     from snb_ml.submit import submit_defects
 
-    try:
-        submitted = submit_defects(
-            path,
-            ml_options,
-            snb_options["submit_command"],
-            snb_options["job_script"],
-            snb_options.get("job_name_option"),
-            output=ml_options.get("output"),
-            echo=click.echo,
-        )
-    except SnbMlError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    submitted = submit_defects(
+        path,
+        ml_options,
+        snb_options["submit_command"],
+        snb_options["job_script"],
+        snb_options.get("job_name_option"),
+        output=ml_options.get("output"),
+        echo=click.echo,
+    )
     click.echo(f"{len(submitted)} ML job(s) submitted, one per defect.")
 
 

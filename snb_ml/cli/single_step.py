@@ -5,20 +5,16 @@ Training is ``snb-ml train --kind single-step``; relaxing an ML tree is ``snb-ml
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from snb_ml.cli_options import DEVICE
+from snb_ml.cli.dataset import force_option, quiet_option, split_options, xyz_output_option
+from snb_ml.cli.errors import cli_errors
+from snb_ml.cli.options import DEVICE
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
 
 
 @click.group("single-step", context_settings=CONTEXT_SETTINGS)
@@ -28,7 +24,7 @@ def single_step() -> None:
 
 @single_step.command("dataset", context_settings=CONTEXT_SETTINGS)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(), help="Folder for train/valid/test.xyz.")
+@xyz_output_option
 @click.option(
     "--bulk",
     multiple=True,
@@ -42,8 +38,7 @@ def single_step() -> None:
     show_default=True,
     help="Unit kept on one side of the split.",
 )
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,valid,test fractions.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@split_options
 @click.option(
     "--frames",
     type=int,
@@ -51,8 +46,9 @@ def single_step() -> None:
     show_default=True,
     help="Intermediate trajectory/OUTCAR frames per relaxation added as extra pairs (frame -> final).",
 )
-@click.option("--force", is_flag=True, help="Overwrite the files in a non-empty output folder.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@force_option
+@quiet_option
+@cli_errors
 def dataset(paths, output, bulk, split, fractions, seed, frames, force, quiet) -> None:
     """Harvest (unrelaxed, relaxed) pairs from ML trees and ShakeNBreak DFT trees (POSCAR -> CONTCAR).
 
@@ -63,14 +59,11 @@ def dataset(paths, output, bulk, split, fractions, seed, frames, force, quiet) -
     from snb_ml.data.splits import parse_fractions
     from snb_ml.predictor.dataset import PairSettings, harvest_pairs, write_pairs
 
-    try:
-        settings = PairSettings(frames=frames, split=split, fractions=parse_fractions(fractions), seed=seed)
-        out = Path(output)
-        prepare_output(out, force)
-        report = harvest_pairs(list(paths), list(bulk), settings, progress=not quiet)
-        write_pairs(report, out, list(paths), settings)
-    except SnbMlError as exc:
-        _fail(exc)
+    settings = PairSettings(frames=frames, split=split, fractions=parse_fractions(fractions), seed=seed)
+    out = Path(output)
+    prepare_output(out, force)
+    report = harvest_pairs(list(paths), list(bulk), settings, progress=not quiet)
+    write_pairs(report, out, list(paths), settings)
     click.echo(report.table())
     click.echo(f"Wrote {out}/train.xyz, valid.xyz, test.xyz and dataset.json.")
 
@@ -105,6 +98,7 @@ def dataset(paths, output, bulk, split, fractions, seed, frames, force, quiet) -
 @click.option("--device", default="auto", show_default=True, type=DEVICE, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@cli_errors
 def prerelax(dft_tree, model, defect, ml_tree, steps, polish, polish_model, bulk, device, threads,
              progress) -> None:  # fmt: skip
     """Predict the relaxed structure of every distortion and make it the DFT starting POSCAR.
@@ -115,22 +109,19 @@ def prerelax(dft_tree, model, defect, ml_tree, steps, polish, polish_model, bulk
     """
     from snb_ml.predictor.prerelax import prerelax_tree
 
-    try:
-        report, record = prerelax_tree(
-            dft_tree,
-            model,
-            defects=list(defect) or None,
-            ml_tree=ml_tree,
-            steps=steps,
-            polish=polish,
-            polish_model=polish_model,
-            bulk=bulk,
-            device=device,
-            threads=threads,
-            progress=progress,
-        )
-    except SnbMlError as exc:
-        _fail(exc)
+    report, record = prerelax_tree(
+        dft_tree,
+        model,
+        defects=list(defect) or None,
+        ml_tree=ml_tree,
+        steps=steps,
+        polish=polish,
+        polish_model=polish_model,
+        bulk=bulk,
+        device=device,
+        threads=threads,
+        progress=progress,
+    )
     from snb_ml.summary import format_summary
 
     click.echo(format_summary(report))
@@ -139,4 +130,4 @@ def prerelax(dft_tree, model, defect, ml_tree, steps, polish, polish_model, bulk
         f"Submit with plain `snb-run` in {dft_tree}; undo with `snb-ml select --undo --dft-tree {dft_tree}`."
     )
     if report.failed:
-        _fail(SnbMlError("some distortions could not be predicted (see above); the others were handed off."))
+        raise SnbMlError("some distortions could not be predicted (see above); the others were handed off.")

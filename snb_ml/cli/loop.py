@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 
 import click
 
+from snb_ml.cli.errors import cli_errors
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
 
 
 def _options(pairs: tuple[str, ...]) -> dict:
@@ -76,6 +71,7 @@ def loop() -> None:
 @click.option("--policy", type=click.Choice(["protect", "lean"]), default="protect", show_default=True)
 @click.option("--min-energy-per-atom", type=float, default=None, help="Harvest filter (eV/atom) [-50].")
 @click.option("--max-energy-per-atom", type=float, default=None, help="Harvest filter (eV/atom) [0].")
+@cli_errors
 def init(
     tree,
     loop_dir,
@@ -101,20 +97,17 @@ def init(
         }.items()
         if v is not None
     }
-    try:
-        state = init_loop(
-            tree,
-            loop_dir,
-            trainer,
-            base_model,
-            list(defect) or None,
-            _options(options),
-            relax,
-            harvest,
-            policy,
-        )
-    except SnbMlError as exc:
-        _fail(exc)
+    state = init_loop(
+        tree,
+        loop_dir,
+        trainer,
+        base_model,
+        list(defect) or None,
+        _options(options),
+        relax,
+        harvest,
+        policy,
+    )
     click.echo(
         f"Loop started in {state.loop_dir} for {', '.join(state.defects)} ({state.trainer}). "
         f"Next: snb-ml loop round {shlex.quote(state.loop_dir)}"
@@ -132,6 +125,7 @@ def init(
 )
 @click.option("--dft-kwargs", default=None, help="JSON keyword arguments of that calculator.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@cli_errors
 def round_(loop_dir, dft, dft_kwargs, quiet) -> None:
     """Harvest new DFT, score the model on it, fine-tune, re-screen, hand the new selection to DFT."""
     from snb_ml.loop.rounds import format_status, run_round
@@ -139,18 +133,17 @@ def round_(loop_dir, dft, dft_kwargs, quiet) -> None:
 
     try:
         options = json.loads(dft_kwargs) if dft_kwargs else {}
-        record = run_round(loop_dir, dft=dft, dft_options=options, echo=click.echo, progress=not quiet)
-        click.echo(format_status(read_state(loop_dir, check_tree=False)))
     except ValueError as exc:
-        _fail(SnbMlError(f"--dft-kwargs is not JSON ({exc})."))
-    except SnbMlError as exc:
-        _fail(exc)
+        raise SnbMlError(f"--dft-kwargs is not JSON ({exc}).") from exc
+    record = run_round(loop_dir, dft=dft, dft_options=options, echo=click.echo, progress=not quiet)
+    click.echo(format_status(read_state(loop_dir, check_tree=False)))
     click.echo(f"Round {record.index} done in {record.seconds.get('total', 0):.0f} s.")
 
 
 @loop.command("status", context_settings=CONTEXT_SETTINGS)
 @click.argument("loop_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the state file's rounds as JSON.")
+@cli_errors
 def status(loop_dir, as_json) -> None:
     """Per round: DFT relaxations spent, model error before/after, ground-state changes, what to run next."""
     from dataclasses import asdict
@@ -158,10 +151,7 @@ def status(loop_dir, as_json) -> None:
     from snb_ml.loop.rounds import format_status
     from snb_ml.loop.state import read_state
 
-    try:
-        state = read_state(loop_dir)
-    except SnbMlError as exc:
-        _fail(exc)
+    state = read_state(loop_dir)
     if as_json:
         click.echo(json.dumps([asdict(r) for r in state.rounds], indent=2))
     else:

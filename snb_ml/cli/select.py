@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
+from snb_ml.cli.errors import cli_errors
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
 
 
 @click.command("select", context_settings=CONTEXT_SETTINGS)
@@ -70,53 +65,51 @@ def _fail(exc: Exception) -> None:
     "are moved aside (reversible with --undo).",
 )
 @click.option("--undo", is_flag=True, help="Undo the DFT hand-off in --dft-tree (byte-identical restore).")
+@cli_errors
 def select(
     ml_tree, defect, threshold, window, neighbours, policy, fingerprint, noise, dft_tree, undo
 ) -> None:
     """Group ML minima by defect-site SOAP and pick one representative per distinct basin for DFT."""
     from snb_ml.handoff import prepare_dft_tree, undo_handoff
 
-    try:
-        if undo:
-            if not dft_tree:
-                raise click.UsageError("--undo needs --dft-tree, the tree to restore.")
-            restored = undo_handoff(Path(dft_tree), list(defect) or None)
-            tree = Path(dft_tree).resolve()
-            where = tree.parent if restored == [tree.name] and not (tree / tree.name).is_dir() else tree
-            click.echo(f"Restored {', '.join(restored)} in {where} as before the hand-off (byte-identical).")
-            return
-        from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
-        from snb_ml.minima.trust import ENERGY_NOISE
+    if undo:
+        if not dft_tree:
+            raise click.UsageError("--undo needs --dft-tree, the tree to restore.")
+        restored = undo_handoff(Path(dft_tree), list(defect) or None)
+        tree = Path(dft_tree).resolve()
+        where = tree.parent if restored == [tree.name] and not (tree / tree.name).is_dir() else tree
+        click.echo(f"Restored {', '.join(restored)} in {where} as before the hand-off (byte-identical).")
+        return
+    from snb_ml.minima.selection import DEFAULT_THRESHOLD, select_tree
+    from snb_ml.minima.trust import ENERGY_NOISE
 
-        selection = select_tree(
-            ml_tree,
-            list(defect) or None,
-            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-            window=window,
-            include_neighbours=neighbours,
-            policy=policy,
-            noise=ENERGY_NOISE if noise is None else noise,
-            fingerprint=fingerprint,
+    selection = select_tree(
+        ml_tree,
+        list(defect) or None,
+        threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        window=window,
+        include_neighbours=neighbours,
+        policy=policy,
+        noise=ENERGY_NOISE if noise is None else noise,
+        fingerprint=fingerprint,
+    )
+    click.echo(selection.table())  # holds each defect's reasons and warnings
+    if dft_tree and selection.defects:
+        defects = selection.defects.items()
+        record = prepare_dft_tree(
+            Path(dft_tree),
+            Path(ml_tree),
+            {name: s.representatives for name, s in defects},
+            original={name: s.original_starts for name, s in defects},
+            reasons={name: s.reasons for name, s in defects},
         )
-        click.echo(selection.table())  # holds each defect's reasons and warnings
-        if dft_tree and selection.defects:
-            defects = selection.defects.items()
-            record = prepare_dft_tree(
-                Path(dft_tree),
-                Path(ml_tree),
-                {name: s.representatives for name, s in defects},
-                original={name: s.original_starts for name, s in defects},
-                reasons={name: s.reasons for name, s in defects},
-            )
-            click.echo("\nDFT hand-off:\n" + record.summary())
-            click.echo(
-                f"Submit with plain `snb-run` in {shlex.quote(dft_tree)}; "
-                f"undo with `snb-ml select --undo --dft-tree {shlex.quote(dft_tree)}`."
-            )
-    except SnbMlError as exc:
-        _fail(exc)
+        click.echo("\nDFT hand-off:\n" + record.summary())
+        click.echo(
+            f"Submit with plain `snb-run` in {shlex.quote(dft_tree)}; "
+            f"undo with `snb-ml select --undo --dft-tree {shlex.quote(dft_tree)}`."
+        )
     if selection.failed:
-        _fail(SnbMlError("some defects could not be selected (see above); the others are done."))
+        raise SnbMlError("some defects could not be selected (see above); the others are done.")
 
 
 @click.command("pairs", context_settings=CONTEXT_SETTINGS)
@@ -149,6 +142,7 @@ def select(
 @click.option(
     "--num-neighbours", type=int, default=None, help="Neighbours to pair up (default: the first shell)."
 )
+@cli_errors
 def pairs(defect_dir, output, bond_distortions, dimer_distance, no_dimer, num_neighbours) -> None:
     """Write bond distortions and dimers for every symmetry-unique pair of a defect's neighbours."""
     from snb_ml.pairs import pair_distortions_from_folder, write_pair_tree
@@ -156,17 +150,16 @@ def pairs(defect_dir, output, bond_distortions, dimer_distance, no_dimer, num_ne
     try:
         values = tuple(float(v) for v in bond_distortions.split(",") if v.strip())
     except ValueError:
-        _fail(SnbMlError(f"--bond-distortions must be comma-separated numbers, got {bond_distortions!r}."))
-    try:
-        distortions = pair_distortions_from_folder(
-            defect_dir,
-            bond_distortions=values,
-            dimer_distance=None if no_dimer else dimer_distance,
-            num_neighbours=num_neighbours,
-        )
-        directory = write_pair_tree(distortions, output, Path(defect_dir).resolve().name)
-    except SnbMlError as exc:
-        _fail(exc)
+        raise SnbMlError(
+            f"--bond-distortions must be comma-separated numbers, got {bond_distortions!r}."
+        ) from None
+    distortions = pair_distortions_from_folder(
+        defect_dir,
+        bond_distortions=values,
+        dimer_distance=None if no_dimer else dimer_distance,
+        num_neighbours=num_neighbours,
+    )
+    directory = write_pair_tree(distortions, output, Path(defect_dir).resolve().name)
     count = len(distortions["distortions"])
     click.echo(
         f"{len(distortions['pairs'])} symmetry-unique pair(s), {count} structures written to {directory}."

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from snb_ml.cli_options import DeviceType
+from snb_ml.cli.errors import cli_errors
+from snb_ml.cli.options import DeviceType
 from snb_ml.errors import SnbMlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(1)
 
 
 def _dielectric(text: str | None) -> list[float] | None:
@@ -34,6 +28,21 @@ _DIELECTRIC_HELP = (
 )
 
 
+def _dielectric_option(prefix: str = "", suffix: str = ""):
+    """``--dielectric`` (text, parsed by ``_dielectric``), shared by ``train`` and ``evaluate --levels``."""
+    return click.option("--dielectric", default=None, help=prefix + _DIELECTRIC_HELP + suffix)
+
+
+#: ``--device`` of ``train`` and ``evaluate``: training runs on the CPU unless a GPU is asked for.
+_device_option = click.option(
+    "--device",
+    type=DeviceType(("cpu", "cuda")),
+    default="cpu",
+    show_default=True,
+    help="cpu, cuda or cuda:N.",
+)
+
+
 def _level_options(command):
     """Options of ``snb-ml evaluate --levels``, passed to the command as ``levels`` (``None``: off)."""
     names = ("levels", "dielectric", "correction", "vbm", "band_gap")
@@ -44,7 +53,7 @@ def _level_options(command):
             help="Also compute charge-transition levels of model and DFT with doped (needs the bulk in the "
             "dataset and --dielectric for charged states).",
         ),
-        click.option("--dielectric", default=None, help=_DIELECTRIC_HELP),
+        _dielectric_option(),
         click.option(
             "--correction",
             type=click.Choice(["efnv", "pc"]),
@@ -129,13 +138,7 @@ CHGNET_ONLY = (
 )
 @click.option("--batch-size", type=int, default=None, help="Structures per batch [mace 2, chgnet 4].")
 @click.option("--seed", type=int, default=None, help="Random seed [mace 123, chgnet 0].")
-@click.option(
-    "--device",
-    type=DeviceType(("cpu", "cuda")),
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda or cuda:N.",
-)
+@_device_option
 @click.option("--threads", type=int, default=None, help="Torch threads of the training process.")
 @click.option("--restart", is_flag=True, help="Resume from the latest checkpoint in MODEL_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar (mace: print its epoch lines instead).")
@@ -190,11 +193,7 @@ CHGNET_ONLY = (
     "reservoir q*E_ref and curvature U*q^2/2, q*E_ref alone, or none [quadratic for charge-aware modes, "
     "none for --charge-mode none].",
 )
-@click.option(
-    "--dielectric",
-    default=None,
-    help="[mace] " + _DIELECTRIC_HELP + " Adds the explicit point-charge image term -E_pc(q; cell, eps).",
-)
+@_dielectric_option("[mace] ", " Adds the explicit point-charge image term -E_pc(q; cell, eps).")
 @click.option("--force-weight", type=float, default=None, help="[chgnet] Force loss weight [1].")
 @click.option(
     "--stress-weight", type=float, default=None, help="[chgnet] Stress loss weight [0: not trained]."
@@ -219,6 +218,7 @@ CHGNET_ONLY = (
 @click.option(
     "--head", default=None, help="[chgnet] Level of theory to train on when the dataset has several."
 )
+@cli_errors
 def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed, device, threads, restart,
           quiet, **specific) -> None:  # fmt: skip
     """Fine-tune CHGNet or train a charge-aware (multi-fidelity) MACE model on an `snb-ml dataset` folder.
@@ -236,10 +236,7 @@ def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed
     if kind == "single-step":
         from snb_ml.predictor.training import train_from_cli
 
-        try:
-            train_from_cli(click.get_current_context(), dataset_dir, model_dir, click.echo, not quiet)
-        except SnbMlError as exc:
-            _fail(exc)
+        train_from_cli(click.get_current_context(), dataset_dir, model_dir, click.echo, not quiet)
         return
     context = click.get_current_context()
     given = {
@@ -249,33 +246,30 @@ def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed
     wrong = sorted(given & set(MACE_ONLY if base == "chgnet" else CHGNET_ONLY))
     if wrong:
         options = ", ".join("--" + key.replace("_", "-") for key in wrong)
-        _fail(SnbMlError(f"{options} only apply to --base {'mace' if base == 'chgnet' else 'chgnet'}."))
+        raise SnbMlError(f"{options} only apply to --base {'mace' if base == 'chgnet' else 'chgnet'}.")
     shared = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "name": name}
     shared = {key: value for key, value in shared.items() if value is not None}
     chosen = {key: value for key, value in specific.items() if value is not None}
-    try:
-        if base == "chgnet":
-            from snb_ml.training.chgnet_config import ChgnetSettings
-            from snb_ml.training.chgnet_trainer import train_chgnet
+    if base == "chgnet":
+        from snb_ml.training.chgnet_config import ChgnetSettings
+        from snb_ml.training.chgnet_trainer import train_chgnet
 
-            settings = ChgnetSettings(device=device, threads=threads, restart=restart, **shared, **chosen)
-            train_chgnet(dataset_dir, model_dir, settings, echo=click.echo, progress=not quiet)
-            return
-        from snb_ml.training.config import TrainSettings
-        from snb_ml.training.trainer import train_model
+        settings = ChgnetSettings(device=device, threads=threads, restart=restart, **shared, **chosen)
+        train_chgnet(dataset_dir, model_dir, settings, echo=click.echo, progress=not quiet)
+        return
+    from snb_ml.training.config import TrainSettings
+    from snb_ml.training.trainer import train_model
 
-        renamed = {"start_stage_two": "start_swa", "channels": "num_channels"}
-        mace_options = {renamed.get(key, key): value for key, value in chosen.items()}
-        if "energy_loss" in mace_options:
-            mace_options["energy_loss"] = mace_options["energy_loss"].replace("-", "_")
-        if "energy_weight" in mace_options:
-            mace_options["swa_energy_weight"] = 10 * mace_options["energy_weight"]
-        if "dielectric" in mace_options:
-            mace_options["dielectric"] = _dielectric(mace_options["dielectric"])
-        settings = TrainSettings(device=device, threads=threads, restart=restart, **shared, **mace_options)
-        train_model(dataset_dir, model_dir, settings, echo=click.echo, progress=not quiet)
-    except SnbMlError as exc:
-        _fail(exc)
+    renamed = {"start_stage_two": "start_swa", "channels": "num_channels"}
+    mace_options = {renamed.get(key, key): value for key, value in chosen.items()}
+    if "energy_loss" in mace_options:
+        mace_options["energy_loss"] = mace_options["energy_loss"].replace("-", "_")
+    if "energy_weight" in mace_options:
+        mace_options["swa_energy_weight"] = 10 * mace_options["energy_weight"]
+    if "dielectric" in mace_options:
+        mace_options["dielectric"] = _dielectric(mace_options["dielectric"])
+    settings = TrainSettings(device=device, threads=threads, restart=restart, **shared, **mace_options)
+    train_model(dataset_dir, model_dir, settings, echo=click.echo, progress=not quiet)
 
 
 @click.command("evaluate", context_settings=CONTEXT_SETTINGS)
@@ -291,15 +285,10 @@ def train(dataset_dir, kind, model_dir, base, name, epochs, lr, batch_size, seed
     default=None,
     help="DFT ground states (JSON or folder): RMSD of the model-relaxed structures and transition levels.",
 )
-@click.option(
-    "--device",
-    type=DeviceType(("cpu", "cuda")),
-    default="cpu",
-    show_default=True,
-    help="cpu, cuda or cuda:N.",
-)
+@_device_option
 @click.option("--no-plots", is_flag=True, help="Skip the parity plots.")
 @_level_options
+@cli_errors
 def evaluate(model, dataset_dir, split, report_dir, ground_states, device, no_plots, levels) -> None:
     """Energy/force errors by charge and level of theory, relative energies, rankings, parity plots.
 
@@ -309,10 +298,7 @@ def evaluate(model, dataset_dir, split, report_dir, ground_states, device, no_pl
     """
     from snb_ml.training.evaluate import evaluate_model
 
-    try:
-        evaluate_model(
-            model, dataset_dir, report_dir, split, ground_states, device, plots=not no_plots, echo=click.echo,
-            levels=levels,
-        )  # fmt: skip
-    except SnbMlError as exc:
-        _fail(exc)
+    evaluate_model(
+        model, dataset_dir, report_dir, split, ground_states, device, plots=not no_plots, echo=click.echo,
+        levels=levels,
+    )  # fmt: skip

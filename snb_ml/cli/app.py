@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from snb_ml import __version__
-from snb_ml.cli_options import ml_parameters, run_from_cli
-from snb_ml.cli_select import pairs, select
-from snb_ml.cli_thermo import free_energy
+from snb_ml.cli.options import ml_parameters, run_from_cli
+from snb_ml.cli.select import pairs, select
+from snb_ml.cli.thermo import free_energy
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -113,28 +113,28 @@ main.add_command(select)
 main.add_command(pairs)
 main.add_command(free_energy)
 
-from snb_ml.cli_thermo_tree import attach_terms_command  # noqa: E402
+from snb_ml.cli.attach_terms import attach_terms_command  # noqa: E402
 
 main.add_command(attach_terms_command)
 
-from snb_ml.cli_dataset import dataset, pick_hybrid  # noqa: E402
+from snb_ml.cli.dataset import dataset, pick_hybrid  # noqa: E402
 
 main.add_command(dataset)
 main.add_command(pick_hybrid)
 
-from snb_ml.cli_train import evaluate, train  # noqa: E402
+from snb_ml.cli.train import evaluate, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate)
 
-from snb_ml.cli_recall import recall  # noqa: E402
+from snb_ml.cli.recall import recall  # noqa: E402
 
 main.add_command(recall)
 
-from snb_ml.cli_single_step import single_step  # noqa: E402
+from snb_ml.cli.single_step import single_step  # noqa: E402
 
 main.add_command(single_step)
 
-from snb_ml.cli_loop import loop  # noqa: E402
+from snb_ml.cli.loop import loop  # noqa: E402
 
 main.add_command(loop)
