@@ -13,6 +13,7 @@ from typing import Any
 
 from snb_ml.errors import SnbMlError
 from snb_ml.jobs import RelaxJob, RelaxOutcome
+from snb_ml.progress import progress_bar
 from snb_ml.relax import RelaxResult, RelaxSettings, relax
 
 
@@ -42,21 +43,16 @@ def relax_sequentially(
     Raises:
         SnbMlError: A problem of the run rather than of one structure (raised by the model).
     """
-    if progress:
-        from tqdm.auto import tqdm
-    else:  # tqdm.auto warns in notebooks without ipywidgets even for a disabled bar
-        from tqdm.std import tqdm
-
     jobs = list(jobs)
     total = len(jobs) if total is None else total
-    with tqdm(
+    with progress_bar(
         total=total,
         initial=total - len(jobs),
         desc=label,
         unit="relax",
         mininterval=0.5,
         leave=True,
-        disable=not progress,
+        enabled=progress,
     ) as bar:
         for job in jobs:
             bar.set_postfix_str(job.folder)

@@ -8,6 +8,7 @@ from snb_ml.batch.engine import BatchJob, relax_batched
 from snb_ml.batch.evaluators import batch_evaluator_for
 from snb_ml.errors import InputError
 from snb_ml.jobs import RelaxJob, RelaxOutcome
+from snb_ml.progress import progress_bar
 from snb_ml.relax import RelaxSettings
 from snb_ml.relaxers.base import LoadedModel
 from snb_ml.settings import RunSettings
@@ -72,24 +73,19 @@ def relax_jobs_batched(
     Yields:
         One outcome per job, in the order the relaxations finish.
     """
-    if progress:
-        from tqdm.auto import tqdm
-    else:
-        from tqdm.std import tqdm
-
     jobs = list(jobs)
     defects: dict[str, int] = {}
     for job in jobs:
         defects.setdefault(job.defect, len(defects))
     queue = sorted(jobs, key=lambda job: (defects[job.defect], job.folder != "Unperturbed"))
     total = len(queue) if total is None else total
-    with tqdm(
+    with progress_bar(
         total=total,
         initial=total - len(queue),
         desc="relaxing (batched)",
         unit="relax",
         mininterval=0.5,
-        disable=not progress,
+        enabled=progress,
     ) as bar:
         calls = 0
 
