@@ -89,3 +89,27 @@ def scale_to_model(defect: Atoms, bulk: Atoms, calculator: Any) -> tuple[Atoms, 
     scaled = defect.copy()
     scaled.set_cell(np.array(defect.cell) * scale, scale_atoms=True)
     return scaled, relaxed, scale
+
+
+def report_pressure(pressure: float, scale: float | None, log: Any, label: str = "bulk pressure") -> None:
+    """Log the bulk cell's pressure with the model and warn when a strained cell is used as given.
+
+    Args:
+        pressure: The bulk cell's pressure with the model (GPa).
+        scale: The lattice scale applied to reach zero pressure, or ``None`` if the cells are used as
+            given (``--no-relax-cells``).
+        log: Where the line goes.
+        label: How the line starts.
+    """
+    if scale is not None:
+        log(f"{label} {pressure:.2f} GPa with the model; cells scaled by {scale:.5f} to zero pressure")
+        return
+    log(f"{label} {pressure:.2f} GPa with the model; cells used as given (--no-relax-cells)")
+    if abs(pressure) > PRESSURE_WARNING_GPA:
+        warnings.warn(
+            f"The bulk cell is at {pressure:.2f} GPa with this model (DFT cells strain ML models trained "
+            "on another functional); ΔF_vib of a strained cell can be far off (CdTe V_Cd at 873 K: "
+            "-1.48 eV as given, +0.10 eV scaled). Drop --no-relax-cells to scale the cells to the "
+            "model's own lattice.",
+            stacklevel=3,
+        )

@@ -30,7 +30,7 @@ from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError
 from snb_ml.progress import progress_bar
 from snb_ml.safe_write import atomic_path, write_text
-from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, relax_cell, scale_to_model
+from snb_ml.thermo.cells import bulk_pressure, relax_cell, report_pressure, scale_to_model
 from snb_ml.thermo.inputs import read_structure, reference_from_json
 from snb_ml.thermo.phonons import (
     VibrationalFreeEnergy,
@@ -325,16 +325,7 @@ def tree_free_energies(
         scale, work_bulk = 1.0, bulk
         if relax_cells:
             _, work_bulk, scale = scale_to_model(bulk, bulk, calculator)
-            log(f"bulk at {pressure:.2f} GPa with the model; cells scaled by {scale:.5f} to zero pressure")
-        else:
-            log(f"bulk at {pressure:.2f} GPa with the model; cells used as given (--no-relax-cells)")
-            if abs(pressure) > PRESSURE_WARNING_GPA:
-                warnings.warn(
-                    f"The bulk cell is at {pressure:.2f} GPa with this model; ΔF_vib of a strained cell can "
-                    "be far off (CdTe V_Cd at 873 K: -1.48 eV as given, +0.10 eV scaled). Drop "
-                    "--no-relax-cells to scale the cells to the model's own lattice.",
-                    stacklevel=2,
-                )
+        report_pressure(pressure, scale if relax_cells else None, log, label="bulk at")
         start = time.perf_counter()
         result = harmonic_free_energy(work_bulk, calculator, **harmonic)
         log(

@@ -24,7 +24,7 @@ from ase import Atoms
 
 from snb_ml.batch import batch_evaluator_for
 from snb_ml.errors import InputError
-from snb_ml.thermo.cells import PRESSURE_WARNING_GPA, bulk_pressure, scale_to_model
+from snb_ml.thermo.cells import bulk_pressure, report_pressure, scale_to_model
 from snb_ml.thermo.inputs import read_structure
 from snb_ml.thermo.phonons import (
     VibrationalFreeEnergy,
@@ -124,17 +124,7 @@ def compute_free_energies(
     pressure, scale = bulk_pressure(bulk_atoms, calculator), 1.0
     if relax_cells:
         defect_atoms, bulk_atoms, scale = scale_to_model(defect_atoms, bulk_atoms, calculator)
-        log(f"bulk pressure {pressure:.2f} GPa with the model; cells scaled by {scale:.5f} to zero pressure")
-    else:
-        log(f"bulk pressure {pressure:.2f} GPa with the model; cells used as given (--no-relax-cells)")
-        if abs(pressure) > PRESSURE_WARNING_GPA:
-            warnings.warn(
-                f"The bulk cell is at {pressure:.2f} GPa with this model (DFT cells strain ML models trained "
-                "on another functional); ΔF_vib of a strained cell can be far off (CdTe V_Cd at 873 K: "
-                "-1.48 eV as given, +0.10 eV scaled). Drop --no-relax-cells to scale both cells to the "
-                "model's own lattice.",
-                stacklevel=2,
-            )
+    report_pressure(pressure, scale if relax_cells else None, log)
     if charge is not None:
         defect_atoms.info["charge"] = charge
     harmonic = dict(temperatures=temperatures, symprec=symprec, model=model, evaluator=evaluator)
