@@ -9,8 +9,8 @@ Mg_O in 0..+4).
    the distortion range) form the training set; every minimum of ``--test-charges`` is the test set.
 2. CHGNet 0.3.0 is fine-tuned on them with the project's default recipe (per-cell energy loss, per-element
    references refitted, nothing frozen) for ``--epochs``; by default on the minima's energies alone
-   (``--minima-forces none``): their zero-force labels need a second derivative per step, which took
-   over 15 GB for one 216-atom MgO cell on a CPU.
+   (``--minima-forces none``): their zero-force labels need a second derivative per step (time and
+   memory), and the two ranked the same on V_Cd0 (docs/training.md).
 3. Test minima: energy errors of the stock and the fine-tuned model (relative to each charge state's
    lowest DFT minimum) and the Spearman of their energies.
 4. ``snb-ml recall`` on a copy of the search holding only the test charge states, with the fine-tuned model,
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument(
         "--minima-forces",
         default="none",
-        help="zero: train the minima's zero forces too (over 15 GB per 216-atom MgO cell on a CPU); "
+        help="zero: train the minima's zero forces too (a second derivative per step); "
         "none: energies only (the two ranked the same on V_Cd0, docs/training.md)",
     )
     parser.add_argument(

@@ -389,9 +389,9 @@ def train_chgnet(
             "--stress-weight > 0 needs REF_stress on every training frame; yaml minima and rattled copies "
             "have none. Train with --stress-weight 0 or leave them out."
         )
-    # Forces cost a second derivative through the model in every step, and most of the memory (one
-    # dense 216-atom MgO cell needed over 15 GB on a CPU); a dataset whose training frames carry no
-    # force label at all (yaml minima with --minima-forces none) trains on energies alone.
+    # Forces cost a second derivative through the model in every step (time and memory); a dataset
+    # whose training frames carry no force label at all (yaml minima with --minima-forces none)
+    # trains on energies alone.
     has_f = any(not (settings.minima_forces == "none" and is_minimum(a)) for a in data["train"])
     targets = "e" + ("f" if has_f else "") + ("s" if has_s else "")
     history: list[dict[str, Any]] = []
