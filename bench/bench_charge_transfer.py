@@ -13,7 +13,7 @@ Mg_O in 0..+4).
    memory), and the two ranked the same on V_Cd0 (docs/training.md).
 3. Test minima: energy errors of the stock and the fine-tuned model (relative to each charge state's
    lowest DFT minimum) and the Spearman of their energies.
-4. ``snb-ml recall`` on a copy of the search holding only the test charge states, with the fine-tuned model,
+4. ``snb-ml recall`` on the test charge states' defect folders, with the fine-tuned model,
    both policies (``--stock`` runs the stock model through the same benchmark too): ground state found,
    whether the model's lowest minimum is the DFT ground state, Spearman, starts ending in their DFT basin,
    DFT relaxations kept.
@@ -30,19 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 import warnings
 from pathlib import Path
 
-
-def charge_of(folder: str) -> int | None:
-    """Charge state from a ShakeNBreak defect folder name (``Mg_O_+2`` -> 2), or None."""
-    tail = folder.rsplit("_", 1)[-1]
-    try:
-        return int(tail)
-    except ValueError:
-        return None
+from snb_ml.tree.metadata import split_charge
 
 
 def pick_minima(frames: list, keep: int) -> list:
@@ -87,25 +79,14 @@ def build_dataset(search: Path, out: Path, train: set[int], test: set[int], keep
     return target
 
 
-def test_search(search: Path, out: Path, test: set[int]) -> Path:
-    """A copy of ``search`` holding only the test charge states (the benchmark only reads it)."""
-    target = out / "test_search"
-    if target.is_dir():
-        return target
-    staging = out / "test_search.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    for child in sorted(search.iterdir()):
-        if child.is_dir() and charge_of(child.name) in test:
-            shutil.copytree(child, staging / child.name)
-        elif child.is_file() and child.name == "distortion_metadata.json":
-            shutil.copy2(child, staging / child.name)
-    staging.rename(target)
-    return target
+def test_defects(search: Path, test: set[int]) -> list[str]:
+    """The defect folders of ``search`` in the test charge states."""
+    return sorted(
+        child.name for child in search.iterdir() if child.is_dir() and split_charge(child.name)[1] in test
+    )
 
 
-def recall(search: Path, output: Path, model: str | None, args) -> dict:
+def recall(search: Path, defects: list[str], output: Path, model: str | None, args) -> dict:
     """Both policies of the recall benchmark with ``model`` (None: stock CHGNet)."""
     from snb_ml.recall import benchmark_search
     from snb_ml.relax import RelaxSettings
@@ -122,7 +103,7 @@ def recall(search: Path, output: Path, model: str | None, args) -> dict:
     start = time.perf_counter()
     results = {}
     for policy in ("protect", "lean"):
-        result = benchmark_search(search, output, settings, policy=policy)
+        result = benchmark_search(search, output, settings, policy=policy, defects=defects)
         print(result.table(), "\n", flush=True)
         results[policy] = json.loads(json.dumps(result.to_json(), default=str))
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -187,7 +168,7 @@ def main() -> None:
             f"Spearman {e['spearman']}",
             flush=True,
         )
-    search = test_search(args.search, args.out, test)
+    defects = test_defects(args.search, test)
     result = {
         "train_charges": sorted(train),
         "test_charges": sorted(test),
@@ -195,10 +176,10 @@ def main() -> None:
         "epochs": args.epochs,
         "train_seconds": train_seconds,
         "test_minima": errors,
-        "tuned": recall(search, args.out / "recall_tuned", str(model_path), args),
+        "tuned": recall(args.search, defects, args.out / "recall_tuned", str(model_path), args),
     }
     if args.stock:
-        result["stock"] = recall(search, args.out / "recall_stock", None, args)
+        result["stock"] = recall(args.search, defects, args.out / "recall_stock", None, args)
     (args.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"written {args.out / 'result.json'}")
 

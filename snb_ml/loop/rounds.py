@@ -39,6 +39,7 @@ from snb_ml.data.harvest import HarvestSettings, harvest, write_dataset
 from snb_ml.data.minima import energies_yaml, energy_of, read_dft_energies
 from snb_ml.errors import InputError, OutputError
 from snb_ml.handoff import prepare_dft_tree
+from snb_ml.locks import acquire_lock
 from snb_ml.loop.standin import relax_folders
 from snb_ml.loop.state import DftResult, LoopState, RoundRecord, new_state, read_state, write_state
 from snb_ml.loop.trainers import get_trainer
@@ -308,22 +309,17 @@ def run_round(
 def round_lock(loop_dir: str | Path) -> Iterator[Any]:
     """Hold the loop's lock for a whole round: two rounds at once would hand the same starts to DFT.
 
-    The lock is an OS file lock (``filelock``), so a round that was killed leaves no stale lock behind.
+    A round that was killed leaves no stale lock behind (:func:`snb_ml.locks.acquire_lock`).
 
     Raises:
         OutputError: Another process holds it.
     """
-    from filelock import FileLock, Timeout  # deferred like the runner's lock: only rounds need it
-
     path = Path(loop_dir) / LOCK_FILE
-    lock = FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputError(
-            f"Another `snb-ml loop round` is running in {loop_dir} (it holds {path}); wait for it to "
-            "finish. Nothing was changed."
-        ) from None
+    lock = acquire_lock(
+        path,
+        f"Another `snb-ml loop round` is running in {loop_dir} (it holds {path}); wait for it to finish. "
+        "Nothing was changed.",
+    )
     try:
         yield lock
     finally:

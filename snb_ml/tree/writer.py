@@ -25,6 +25,7 @@ from snb_ml import __version__
 from snb_ml.errors import OutputError
 from snb_ml.high_energy import judge_high_energy
 from snb_ml.jobs import RelaxJob, RelaxOutcome
+from snb_ml.locks import acquire_lock
 from snb_ml.records import (
     FINAL_STATUSES,
     energies_of,
@@ -164,19 +165,15 @@ class DefectWriter:
         Raises:
             OutputError: If another run holds the lock, or the folder cannot be written.
         """
-        from filelock import FileLock, Timeout
-
         check_ml_defect_dir(self.ml_dir, self.defect.name)
         try:
             self.ml_dir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(self.ml_dir / LOCK_FILE), timeout=0)
-            lock.acquire()
-        except Timeout as exc:
-            raise OutputError(
+            lock = acquire_lock(
+                self.ml_dir / LOCK_FILE,
                 f"Another snb_ml run is relaxing {self.defect.name} into {self.ml_dir} (lock {LOCK_FILE} is "
-                "held). Wait for it to finish, or write to another tree (--output / output=)."
-            ) from exc
-        except OSError as exc:  # after Timeout (an OSError subclass): read-only, full, a file in the way
+                "held). Wait for it to finish, or write to another tree (--output / output=).",
+            )
+        except OSError as exc:  # read-only, full, a file in the way
             raise OutputError(
                 f"Cannot write the ML tree at {self.ml_dir} ({exc.strerror or exc}). Pass --output a "
                 "writable directory."
