@@ -85,6 +85,7 @@ def run_identity(settings: RunSettings, model: LoadedModel) -> RunIdentity:
             "charge_aware": model.charge_aware,
             "head": model.head,
             "file": model.file_record(),
+            "fine_tuned_on": None if model.fine_tuned_on is None else list(model.fine_tuned_on),
         },
         signature=settings.signature(),
         settings=settings.as_dict(),

@@ -1,5 +1,6 @@
 """snb-ml train --base chgnet: CHGNet fine-tuned for 2 epochs on three real V_Cd0 DFT minima (CdTe)."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 from snb_ml.cli.train import train as train_command
 from snb_ml.data import FilterSettings, HarvestSettings, harvest, write_dataset
 from snb_ml.errors import InputError, OutputError
+from snb_ml.runner import run_identity
+from snb_ml.settings import RunSettings
 from snb_ml.training.chgnet_config import ChgnetSettings
 from snb_ml.training.chgnet_trainer import train_chgnet
 
@@ -71,6 +74,8 @@ def test_resumed_run_continues_from_its_checkpoint(resumed):
     assert result.history[0]["train"] == pytest.approx(first["train"])
     record = json.loads((result.model_dir / "training.json").read_text())
     assert record["base"] == "chgnet" and record["frames"]["train"] == 3 and record["frames"]["minima"] == 3
+    # Computed again from the prepared frames on resume, so the resumed model still says what it saw.
+    assert record["fine_tuned_on"] == ["v_Cd_0"]
 
 
 def test_fine_tuned_file_loads_as_relaxer_and_moved_towards_the_labels(resumed, dataset):
@@ -82,6 +87,16 @@ def test_fine_tuned_file_loads_as_relaxer_and_moved_towards_the_labels(resumed, 
     tuned = chgnet.load(CalculatorRequest(model=str(result.model_path), device="cpu"))
     stock = chgnet.load(CalculatorRequest(device="cpu"))
     assert tuned.name == f"CHGNet {result.model_path}"
+    # The file says which defect's DFT it learned (the selection explores every other defect), and the
+    # provenance pins the exact weights; the bundled model is neither a file nor fine-tuned.
+    assert tuned.fine_tuned_on == ("v_Cd_0",) and stock.fine_tuned_on is None
+    assert tuned.file_record() == {
+        "path": str(result.model_path.resolve()),
+        "sha256": hashlib.sha256(result.model_path.read_bytes()).hexdigest(),
+    }
+    assert stock.file_record() is None
+    identity = run_identity(RunSettings(relaxer="chgnet", model=str(result.model_path)), tuned)
+    assert identity.model["fine_tuned_on"] == ["v_Cd_0"]
     frames = read(dataset / "train.xyz", index=":")
     for atoms in frames:
         label = atoms.info["REF_energy"]

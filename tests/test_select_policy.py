@@ -135,6 +135,36 @@ def test_trusted_minima_get_no_exploration():
     assert report.codes == ["motifs_collapsed"] and report.collapsed == ["Dimer"]
 
 
+def test_a_model_fine_tuned_on_other_defects_is_not_trusted_there():
+    # Two distinct basins, spread in energy, no motif collapsed: trusted on their own.
+    members = [["Unperturbed", "Bond_Distortion_10.0%"], ["Bond_Distortion_-40.0%"]]
+    energies = {"Unperturbed": 0.0, "Bond_Distortion_10.0%": 0.01, "Bond_Distortion_-40.0%": -0.6}
+    distances = {"Unperturbed": 0.0, "Bond_Distortion_10.0%": 1e-3, "Bond_Distortion_-40.0%": 0.1}
+    assert assess_minima(members, energies, distances, 0.015, defect="Mg_O_+2").trusted  # not fine-tuned
+    other = assess_minima(
+        members, energies, distances, 0.015, defect="Mg_O_+2", fine_tuned_on=["Mg_O_0", "Mg_O_+1"]
+    )
+    assert other.codes == ["unconfirmed_fine_tune"]
+    assert "Mg_O_0, Mg_O_+1" in other.flags[0].message and "never on Mg_O_+2" in other.flags[0].message
+    own = assess_minima(members, energies, distances, 0.015, defect="Mg_O_+2", fine_tuned_on=["Mg_O_+2"])
+    assert own.trusted  # its own DFT is in the training data (the loop's next round)
+    unnamed = assess_minima(members, energies, distances, 0.015, defect="Mg_O_+2", fine_tuned_on=[])
+    assert unnamed.codes == ["unconfirmed_fine_tune"]
+
+
+def test_selection_reads_what_the_model_was_fine_tuned_on(cu):
+    ml = cu / "ml_tree" / "v_Cu_0"
+    path = ml / "snb_ml_provenance.json"
+    document = json.loads(path.read_text())
+    document["model"]["fine_tuned_on"] = ["v_Cu_-1"]
+    path.write_text(json.dumps(document))
+    flags = {flag.code: flag.message for flag in select_defect(ml, write=False).trust.flags}
+    assert "never on v_Cu_0" in flags["unconfirmed_fine_tune"]
+    document["model"]["fine_tuned_on"] = ["v_Cu_0"]
+    path.write_text(json.dumps(document))
+    assert "unconfirmed_fine_tune" not in select_defect(ml, write=False).trust.codes
+
+
 def test_exploration_rule_on_published_grids():
     # ShakeNBreak's default grid: the middle of each side (35 %), ties to the smaller magnitude.
     assert [f for f, _ in exploration_starts(GRID, [])] == ["Bond_Distortion_-30.0%", "Bond_Distortion_30.0%"]

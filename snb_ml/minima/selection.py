@@ -250,7 +250,15 @@ def select_defect(
             "to relax them with DFT too."
         )
     to_reference = {f: cosine_distance(fingerprints[f], reference_fingerprint) for f in candidates}
-    trust = assess_minima([c.members for c in clusters], energies, to_reference, threshold, noise)
+    trust = assess_minima(
+        [c.members for c in clusters],
+        energies,
+        to_reference,
+        threshold,
+        noise,
+        defect=directory.name,
+        fine_tuned_on=provenance.fine_tuned_on,
+    )
     selection = DefectSelection(
         defect=directory.name,
         directory=directory,

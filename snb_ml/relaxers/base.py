@@ -7,13 +7,30 @@ defect charge). Every ASE optimizer, filter and constraint then works unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from snb_ml.errors import ModelError, SnbMlError
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file, remembered per (path, size, mtime) so reloads cost nothing."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,10 @@ class LoadedModel:
         source: Absolute path of the model file the weights were read from, if the backend read one
             (for the provenance file); ``None`` for built-in weights.
         file_sha256: SHA-256 of that file (hex), so a rerun can tell whether the weights changed.
+        fine_tuned_on: For a model ``snb-ml train`` fine-tuned: the defect folders (``Mg_O_+1``) whose
+            DFT it was trained on (empty when the file does not say); ``None`` for foundation models
+            and files from elsewhere. The selection explores defects a fine-tuned model never saw
+            DFT of (:mod:`snb_ml.minima.trust`).
     """
 
     calculator: Any
@@ -77,6 +98,7 @@ class LoadedModel:
     batch_evaluator_factory: Callable[[Any], Any] | None = None
     source: str | None = None
     file_sha256: str | None = None
+    fine_tuned_on: tuple[str, ...] | None = None
 
     def file_record(self) -> dict[str, str | None] | None:
         """``{"path", "sha256"}`` of the model file for the provenance file, or ``None`` without one."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.hookspecs import hookimpl
-from snb_ml.relaxers.base import CalculatorRequest, LoadedModel
+from snb_ml.relaxers.base import CalculatorRequest, LoadedModel, file_sha256
 
 PRETRAINED = ("0.3.0", "0.2.0", "r2scan")
 DEFAULT_MODEL = "0.3.0"
@@ -55,11 +57,13 @@ def load_chgnet(request: CalculatorRequest) -> LoadedModel:
     if request.dtype not in (None, "float32"):
         warnings.warn("CHGNet runs in float32; ignoring --dtype.", stacklevel=2)
     # CHGNet prints its banner on every load; keep the progress display clean.
+    source = fine_tuned_on = None
     with contextlib.redirect_stdout(io.StringIO()):
         if name in PRETRAINED:
             model = CHGNet.load(model_name=name, use_device=request.device, verbose=False)
         elif Path(name).is_file():
-            model = CHGNet.from_file(name)
+            model, fine_tuned_on = _load_file(name)
+            source = os.path.abspath(name)
         else:
             raise ModelError(
                 f"CHGNet model '{name}' is neither a bundled model ({', '.join(PRETRAINED)}) nor an "
@@ -74,7 +78,31 @@ def load_chgnet(request: CalculatorRequest) -> LoadedModel:
         version=f"chgnet {chgnet.__version__}",
         supported_numbers=frozenset(range(1, CHGNET_MAX_Z + 1)),
         batch_evaluator_factory=ChgnetBatchEvaluator,
+        source=source,
+        file_sha256=None if source is None else file_sha256(source),
+        fine_tuned_on=fine_tuned_on,
     )
+
+
+def _load_file(path: str) -> tuple[Any, tuple[str, ...] | None]:
+    """A saved CHGNet and, for a file `snb-ml train` wrote, the defects it was fine-tuned on.
+
+    The trainer stores ``{"model": ..., "snb_ml": {"fine_tuned_on": [...], ...}}``; CHGNet's own
+    ``from_file`` reads the same dict and ignores the extra key, so the file loads once here.
+    """
+    import torch
+    from chgnet.model import CHGNet
+
+    state = torch.load(path, map_location=torch.device("cpu"), weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ModelError(
+            f"{path} is not a saved CHGNet model (no 'model' entry). Pass a file written by "
+            "`snb-ml train --base chgnet` or by CHGNet's trainer."
+        )
+    meta = state.get("snb_ml")
+    # Files from before the trainer stored the list are fine-tuned on defects nobody recorded: ().
+    tuned = tuple(meta.get("fine_tuned_on") or ()) if isinstance(meta, dict) else None
+    return CHGNet.from_dict(state["model"]), tuned
 
 
 @hookimpl

@@ -6,31 +6,15 @@ The MACE relaxer backend, the charge-embedding graft (:mod:`snb_ml.models.mace_c
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 from snb_ml.errors import ModelError
 from snb_ml.logs import quiet_import
 from snb_ml.relaxers import mace_foundations as foundations
+from snb_ml.relaxers.base import file_sha256
 from snb_ml.relaxers.mace_foundations import OFFLINE_HELP
 
 __all__ = ["damaged_cache_file", "file_sha256", "import_mace", "load_torch_model"]
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a model file, remembered per (path, size, mtime) so reloads cost nothing."""
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            while block := stream.read(1 << 20):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def import_mace() -> Any:

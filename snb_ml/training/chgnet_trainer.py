@@ -6,8 +6,9 @@ labels that may be missing), freezes what the settings say, writes one atomic ch
 (``--restart`` resumes from it) and saves a file that ``CHGNet.from_file`` — and so
 ``--relaxer chgnet --model FILE`` — loads.
 
-Output folder: ``<name>.pth.tar`` (the model), ``training.json`` (settings, frame counts, energy
-references, per-epoch errors, errors before/after), ``settings.json`` (what a restart must match),
+Output folder: ``<name>.pth.tar`` (the model, with the defect states it was fine-tuned on),
+``training.json`` (settings, frame counts, the defect states, energy references, per-epoch errors,
+errors before/after), ``settings.json`` (what a restart must match),
 ``data/`` (the prepared training labels), ``checkpoint.pth.tar`` and ``train.log`` (CHGNet's output).
 """
 
@@ -42,7 +43,7 @@ from snb_ml.training.chgnet_data import (
     predict_frames,
     rattled_copies,
 )
-from snb_ml.training.frames import read_dataset, read_split, write_frames
+from snb_ml.training.frames import defect_states, read_dataset, read_split, write_frames
 
 SETTINGS_NAME = "settings.json"
 RECORD_NAME = "training.json"
@@ -383,6 +384,7 @@ def train_chgnet(
                 indent=2,
             ),
         )
+    fine_tuned_on = defect_states(data["train"])
     has_s = settings.stress_weight > 0
     if has_s and not has_stress(data["train"]):
         raise InputError(
@@ -453,7 +455,14 @@ def train_chgnet(
     model_path = model_dir / f"{settings.name}.pth.tar"
     with atomic_path(model_path) as temporary:
         torch.save(
-            {"model": model.as_dict(), "snb_ml": {"base": settings.model, "settings": settings.to_dict()}},
+            {
+                "model": model.as_dict(),
+                "snb_ml": {
+                    "base": settings.model,
+                    "settings": settings.to_dict(),
+                    "fine_tuned_on": fine_tuned_on,
+                },
+            },
             temporary,
         )
     before, after = _before_after(base, model, data)
@@ -469,6 +478,7 @@ def train_chgnet(
         "dataset": str(dataset_dir),
         "settings": settings.to_dict(),
         "frames": counts,
+        "fine_tuned_on": fine_tuned_on,
         "reference": reference.to_dict(),
         "energy_mae_unit": "eV/cell" if settings.energy_loss == "per-cell" else "eV/atom",
         "history": past,

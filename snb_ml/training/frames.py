@@ -19,6 +19,7 @@ from ase import Atoms
 from snb_ml.data.frames import CHARGE_KEY, ENERGY_KEY, FORCES_KEY
 from snb_ml.errors import InputError
 from snb_ml.models import SITE_KEY, annotate_atoms, defect_markers
+from snb_ml.tree.metadata import charged_name
 
 SPLITS = ("train", "valid", "test")
 
@@ -94,6 +95,21 @@ def frame_charge(atoms: Atoms) -> int:
             f"{where}: '{CHARGE_KEY}' = {value!r} is not an integer (MACE would silently truncate it)."
         )
     return int(round(number))
+
+
+def defect_states(frames: Iterable[Atoms]) -> list[str]:
+    """The defect folders (``Mg_O_+1``: defect and charge) that the defect frames come from.
+
+    Sorted by defect, then charge; bulk frames are left out. This is what a fine-tuned model records
+    as ``fine_tuned_on``: the selection keeps exploring every other defect until its own DFT is in
+    the training data.
+    """
+    states = {
+        (str(atoms.info.get("defect", "defect")), frame_charge(atoms))
+        for atoms in frames
+        if str(atoms.info.get("config_type", "defect")) != "bulk"
+    }
+    return [charged_name(defect, charge) for defect, charge in sorted(states)]
 
 
 def check_frames(frames: Iterable[Atoms]) -> None:

@@ -37,6 +37,14 @@ def split_charge(name: str) -> tuple[str, int | None]:
     return (match["defect"], int(match["charge"])) if match else (name, None)
 
 
+def charged_name(defect: str, charge: int) -> str:
+    """The ShakeNBreak/doped folder name of a defect in a charge state (the inverse of :func:`split_charge`).
+
+    ``("v_Cd", -1)`` gives ``v_Cd_-1``, ``("Mg_O", 0)`` gives ``Mg_O_0``, ``("Mg_O", 2)`` gives ``Mg_O_+2``.
+    """
+    return f"{defect}_{'+' if charge > 0 else ''}{charge}"
+
+
 def read_metadata(path: Path) -> dict | None:
     """Read a ShakeNBreak ``distortion_metadata.json`` as plain data; ``None`` if absent.
 

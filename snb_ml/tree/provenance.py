@@ -3,7 +3,7 @@
 ``snb-ml run`` writes one per defect folder of the ML tree, atomically after every distortion::
 
     {"snb_ml_version": ..., "defect": "v_Cd_0", "charge": 0, "input_directory": ...,
-     "signature": {...}, "model": {"name", "version", "charge_aware", "head", "file"},
+     "signature": {...}, "model": {"name", "version", "charge_aware", "head", "file", "fine_tuned_on"},
      "settings": {...}, "distortions": {folder: DistortionRecord.to_json(), ...}}
 
 Everything that reads it (selection, hand-off, executors' progress, the API, datasets) goes through
@@ -80,7 +80,7 @@ class Provenance:
         charge: The defect charge the run used (``None`` in files from before it was stored).
         input_directory: The input defect folder (or the label the run was given).
         signature: The settings that decide whether results can be reused.
-        model: ``{"name", "version", "charge_aware", "head", "file"}`` of the model.
+        model: ``{"name", "version", "charge_aware", "head", "file", "fine_tuned_on"}`` of the model.
         settings: Every run setting, as plain data.
         distortions: One record per distortion folder.
         snb_ml_version: The version that wrote the file.
@@ -131,6 +131,15 @@ class Provenance:
     def model_name(self) -> str:
         """The model's name, ``"unknown"`` if not recorded."""
         return str(self.model.get("name") or "unknown")
+
+    @property
+    def fine_tuned_on(self) -> tuple[str, ...] | None:
+        """The defect folders whose DFT the model was fine-tuned on; ``None`` if not a fine-tuned model.
+
+        Empty for a fine-tuned model that does not say which (files from before it was recorded).
+        """
+        value = self.model.get("fine_tuned_on")
+        return None if value is None else tuple(str(name) for name in value)
 
     @property
     def fmax(self) -> float | None:
