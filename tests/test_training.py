@@ -116,6 +116,8 @@ def test_trained_model_runs_in_the_mace_relaxer_with_the_charge(trained, cu_tree
         provenance = json.loads((ml_tree / defect / "snb_ml_provenance.json").read_text())
         assert provenance["charge"] == charge
         assert provenance["model"]["charge_aware"] is True
+        # What the model was trained on reaches the provenance (the selection's unconfirmed_fine_tune).
+        assert provenance["model"]["fine_tuned_on"] == ["v_Cu_-1", "v_Cu_0"]
         energies[charge] = yaml.safe_load((ml_tree / defect / f"{defect}.yaml").read_text())["Unperturbed"]
     assert energies[-1] < energies[0] - 0.5  # the charge reached the model (labels: -2 eV)
 

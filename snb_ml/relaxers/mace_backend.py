@@ -170,8 +170,15 @@ def load_mace(request: CalculatorRequest) -> LoadedModel:
         prepare_atoms=charge_preparer(mode, name, radius),
         source=os.path.abspath(path),
         file_sha256=file_sha256(path),
+        fine_tuned_on=_fine_tuned_on(model),
         batch_evaluator_factory=MaceBatchEvaluator,
     )
+
+
+def _fine_tuned_on(model: Any) -> tuple[str, ...] | None:
+    """The defect states ``snb-ml train`` trained ``model`` on; ``None`` for models from elsewhere."""
+    states = getattr(model, "snb_ml_fine_tuned_on", None)
+    return None if states is None else tuple(str(name) for name in states)
 
 
 @hookimpl

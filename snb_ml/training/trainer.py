@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from snb_ml.training.config import TrainSettings, mace_config, stage_two_start
 from snb_ml.training.frames import (
     NO_CHARGE,
     annotate_charges,
+    defect_states,
     frame_charge,
     frame_head,
     read_dataset,
@@ -235,7 +235,8 @@ def train_model(
     seconds = time.perf_counter() - start
     trained = _trained_model(work_dir, settings.name, stage_two_start(settings) is not None)
     model_path = model_dir / f"{settings.name}.model"
-    _save_model(trained, model_path, settings.marker_radius, reference)
+    fine_tuned_on = defect_states(data["train"])
+    _save_model(trained, model_path, settings.marker_radius, reference, fine_tuned_on)
     history = read_history(work_dir)
     record = {
         "model": model_path.name,
@@ -244,6 +245,7 @@ def train_model(
         "heads": list(heads),
         "charge_mode": settings.charge_mode,
         "frames": counts,
+        "fine_tuned_on": fine_tuned_on,
         "charge_reference": reference.to_dict() if reference is not None else None,
         "targets": targets,
         "mace_model": str(trained.relative_to(model_dir)),
@@ -262,24 +264,30 @@ def train_model(
     return TrainResult(model_path, model_dir, list(heads), settings.charge_mode, history, seconds)
 
 
-def _save_model(trained: Path, target: Path, marker_radius: float | None, reference: Any = None) -> None:
+def _save_model(
+    trained: Path,
+    target: Path,
+    marker_radius: float | None,
+    reference: Any = None,
+    fine_tuned_on: list[str] | None = None,
+) -> None:
     """Copy the trained model into place atomically, carrying snb_ml's own settings inside it.
 
     The relaxer backend reads ``snb_ml_marker_radius`` (a non-default marker radius, so ``snb-ml run``
-    builds the same site features as training did) and ``snb_ml_charge_reference`` (the explicit
-    charge terms, :mod:`snb_ml.models.charge_reference`) from the model.
+    builds the same site features as training did), ``snb_ml_charge_reference`` (the explicit
+    charge terms, :mod:`snb_ml.models.charge_reference`) and ``snb_ml_fine_tuned_on`` (the defect
+    states trained on, :mod:`snb_ml.minima.trust`) from the model.
     """
-    with atomic_path(target) as temporary:
-        if marker_radius is None and reference is None:
-            shutil.copyfile(trained, temporary)
-        else:
-            import torch
+    import torch
 
-            model = torch.load(trained, map_location="cpu", weights_only=False)
-            if marker_radius is not None:
-                model.snb_ml_marker_radius = float(marker_radius)
-            attach_reference(model, reference)
-            torch.save(model, temporary)
+    with atomic_path(target) as temporary:
+        model = torch.load(trained, map_location="cpu", weights_only=False)
+        if marker_radius is not None:
+            model.snb_ml_marker_radius = float(marker_radius)
+        if fine_tuned_on is not None:
+            model.snb_ml_fine_tuned_on = list(fine_tuned_on)
+        attach_reference(model, reference)
+        torch.save(model, temporary)
 
 
 def _explicit_terms(
