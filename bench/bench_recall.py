@@ -8,6 +8,7 @@ loading included, reported apart). Usage:
     python bench/bench_recall.py examples/dft_searches/CdTe_vac_1_Cd_0 ../shared/data/snb_dft/MgO_SnB \
         --output /tmp/recall_bench --threads 1
     python bench/bench_recall.py <search> --relaxer chgnet --model fine_tuned.pth.tar   # a fine-tuned model
+    python bench/bench_recall.py ../shared/data/snb_dft/MgO_SnB --defects Mg_O_+3,Mg_O_+4 --batch-size 4
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3, help="cached reruns timed for the overhead")
     parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument(
+        "--defects", default=None, help="comma-separated defect folders to benchmark (default: all)"
+    )
     args = parser.parse_args()
+    defects = args.defects.split(",") if args.defects else None
     settings = RunSettings(
         relaxer=args.relaxer,
         model=args.model,
@@ -53,16 +58,18 @@ def main() -> None:
             continue
         output = args.output / search.resolve().name
         wall, cpu = time.perf_counter(), time.process_time()
-        first = benchmark_search(search, output, settings, tolerance=args.tolerance)
+        first = benchmark_search(search, output, settings, tolerance=args.tolerance, defects=defects)
         first_wall, first_cpu = time.perf_counter() - wall, time.process_time() - cpu
-        lean = benchmark_search(search, output, settings, policy="lean", tolerance=args.tolerance)
+        lean = benchmark_search(
+            search, output, settings, policy="lean", tolerance=args.tolerance, defects=defects
+        )
         print(first.table(), "\n")
         print(lean.table(), "\n")
         model = load_model(settings)
         cached, cached_cpu = [], []
         for _ in range(args.repeat):
             wall, cpu = time.perf_counter(), time.process_time()
-            benchmark_search(search, output, settings, tolerance=args.tolerance, model=model)
+            benchmark_search(search, output, settings, tolerance=args.tolerance, model=model, defects=defects)
             cached.append(time.perf_counter() - wall)
             cached_cpu.append(time.process_time() - cpu)
         print(
