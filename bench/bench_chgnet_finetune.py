@@ -269,8 +269,11 @@ def mgo(args, source: Path, name: str) -> dict:
     train_charges = {int(q) for q in args.mgo_train_charges.split(",")} | {0}
     dataset = folder / "dataset"
     _held_out_dataset([source], dataset, args.mgo_frames, train_charges, args.mgo_holdout)
-    settings = ChgnetSettings(threads=args.threads, seed=args.seed, epochs=args.mgo_epochs, batch_size=2)
-    trained = train_chgnet(dataset, folder / "model", settings, echo=print, progress=False)
+    resume = (folder / "model" / "checkpoint.pth.tar").is_file()  # as in run_recipe: resume a killed run
+    settings = ChgnetSettings(
+        threads=args.threads, seed=args.seed, epochs=args.mgo_epochs, batch_size=2, restart=resume
+    )
+    trained = train_chgnet(dataset, folder / "model", settings, echo=print, progress=True)
     test = read_split(dataset, "test")
     stock, tuned = load_base("0.3.0"), CHGNet.from_file(str(trained.model_path))
     result = {
