@@ -42,7 +42,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
     default="protect",
     show_default=True,
     help="protect: distinct basins, plus a small exploration set of original starts when the model's "
-    "minima cannot be trusted (one basin, motifs collapsed, flat energies), plus Unperturbed. "
+    "minima cannot be trusted (one basin, motifs collapsed, flat energies, or a model fine-tuned on other "
+    "defects only), plus Unperturbed. "
     "lean: distinct basins only. Plugins may add others (snb-ml plugins lists them).",
 )
 @click.option(
