@@ -28,6 +28,10 @@ def protect_policy(selection: Any, usable: list[str]) -> list:
     return protect_extras(selection, usable)
 
 
+# Unperturbed, which the hand-off relaxes anyway, represents its own basin (no second DFT run there).
+protect_policy.unperturbed_represents_its_basin = True  # type: ignore[attr-defined]
+
+
 def lean_policy(selection: Any, usable: list[str]) -> list:
     """``lean``: the distinct basins only, nothing else."""
     return []

@@ -32,6 +32,8 @@ def register_selection_policies(register):
     :class:`~snb_ml.minima.results.DefectSelection` (clusters, representatives, trust report) and the
     distortion folders that may be relaxed with DFT, and returns the
     :class:`~snb_ml.minima.results.ExtraStart` list to relax with DFT besides the representatives.
+    A policy function with the attribute ``unperturbed_represents_its_basin = True`` (``protect``
+    has it) makes Unperturbed the representative of its own basin.
     """
 
 

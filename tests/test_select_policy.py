@@ -45,20 +45,23 @@ def test_one_basin_gets_exploration_starts_with_reasons(cu):
     ml = cu / "ml_tree" / "v_Cu_0"
     lean = select_defect(ml, policy="lean")
     assert lean.selected == lean.representatives == [lean.clusters[0].representative]  # today's behaviour
+    assert lean.representatives == ["Bond_Distortion_-20.0%"]  # the lowest EMT energy of the one basin
     protect = select_defect(ml)
-    assert protect.policy == "protect" and protect.representatives == lean.representatives
     assert set(protect.trust.codes) == {"one_basin", "no_reconstruction", "motifs_collapsed", "flat_energies"}
-    representative = protect.representatives[0]
-    assert representative == "Bond_Distortion_-20.0%"  # the lowest EMT energy of the one basin
+    # Unperturbed, relaxed with DFT anyway, represents its own basin: -20 % would only repeat its run.
+    assert protect.policy == "protect" and protect.representatives == ["Unperturbed"]
+    representative = "Unperturbed"
     explored = [e.folder for e in protect.extras if e.kind == "exploration"]
     # Grid -40..+40: per side the start nearest the middle of its magnitudes (30 %: a tie, to the
-    # smaller one, 20 %); -20 % is already the representative, so -40 % on the compressive side.
-    assert explored == ["Bond_Distortion_-40.0%", "Bond_Distortion_20.0%"]
-    assert [e.folder for e in protect.extras if e.kind == "reference"] == ["Unperturbed"]
+    # smaller one, 20 %). -20 % is free again, so DFT relaxes it as generated.
+    assert explored == ["Bond_Distortion_-20.0%", "Bond_Distortion_20.0%"]
+    assert [e.kind for e in protect.extras] == ["exploration", "exploration"]  # no separate reference
     assert protect.selected == [representative, *protect.original_starts]
     reasons = protect.reasons
     assert set(reasons) == set(protect.selected)
-    assert reasons[representative].startswith("representative of basin 0 (6 ML minima)")
+    assert reasons[representative].startswith(
+        "represents basin 0 (6 ML minima): ShakeNBreak's energy reference, relaxed with DFT anyway"
+    )
     assert all("exploration: untrusted ML minima (one_basin" in reasons[f] for f in explored)
     assert "saw no reconstruction" in protect.warnings[0] and "2 original start(s)" in protect.warnings[0]
     assert "lean only its basin is selected" in lean.warnings[0]
@@ -91,8 +94,8 @@ def test_handoff_keeps_exploration_starts_as_generated_and_undo_restores(cu):
         reasons={"v_Cu_0": selection.reasons},
     )
     entry = record.defects[0]
-    assert entry.replaced == selection.representatives and entry.kept[0] == "Unperturbed"
-    assert set(entry.kept) == set(selection.original_starts) | {"Unperturbed"}
+    assert entry.replaced == selection.representatives == ["Unperturbed"]
+    assert set(entry.kept) == set(selection.original_starts)
     for folder in selection.original_starts:  # DFT starts from the generated structure, untouched
         poscar = cu / "v_Cu_0" / folder / "POSCAR"
         assert hashlib.sha256(poscar.read_bytes()).hexdigest() == before[poscar]
@@ -185,10 +188,10 @@ def test_select_cli_prints_reasons_and_warns(cu):
     result = run_cli(["snb-ml", "select", "-p", "ml_tree", "-d", "v_Cu_0"], cu)
     assert result.returncode == 0, result.stderr
     assert "v_Cu_0 (policy protect):" in result.stdout
-    assert "Bond_Distortion_-20.0%: representative of basin 0 (6 ML minima)" in result.stdout
-    assert "Bond_Distortion_20.0%: exploration: untrusted ML minima" in result.stdout
+    assert "Unperturbed: represents basin 0 (6 ML minima)" in result.stdout
+    assert "Bond_Distortion_-20.0%: exploration: untrusted ML minima" in result.stdout
     assert "Warning: v_Cu_0: the model saw no reconstruction" in result.stdout
-    assert result.stdout.rstrip().endswith("Whole tree: DFT relaxations needed: 4 of 6 (33% saved)")
+    assert result.stdout.rstrip().endswith("Whole tree: DFT relaxations needed: 3 of 6 (50% saved)")
     lean = run_cli(["snb-ml", "select", "-p", "ml_tree", "-d", "v_Cu_0", "--policy", "lean"], cu)
     assert lean.stdout.rstrip().endswith("Whole tree: DFT relaxations needed: 1 of 6 (83% saved)")
     assert "use --policy protect" in lean.stdout

@@ -27,6 +27,9 @@ class SelectedCluster:
         energy_vs_unperturbed: ``energy`` minus the ML energy of Unperturbed (``None`` if unknown).
         distance_to_unperturbed: Cosine distance of the representative to the relaxed Unperturbed.
         in_window: False when the energy window left this basin out.
+        by_reference: True when Unperturbed represents the basin although another member is lower in
+            ML energy (``protect``: Unperturbed is relaxed with DFT anyway, so a second start in its
+            basin would repeat it).
     """
 
     id: int
@@ -36,10 +39,17 @@ class SelectedCluster:
     energy_vs_unperturbed: float | None
     distance_to_unperturbed: float
     in_window: bool = True
+    by_reference: bool = False
 
     @property
     def reason(self) -> str:
         """Why the representative is relaxed with DFT."""
+        if self.by_reference:
+            return (
+                f"represents basin {self.id} ({len(self.members)} ML minima): ShakeNBreak's energy "
+                "reference, relaxed with DFT anyway, so no second start is spent on its basin; DFT starts "
+                "from the ML minimum"
+            )
         return (
             f"representative of basin {self.id} ({len(self.members)} ML minima), its lowest ML energy; "
             "DFT starts from the ML minimum"

@@ -38,6 +38,7 @@ The threshold is calibrated for the site fingerprint, not for ``include_neighbou
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,10 @@ def select_defect(
                 f"({len(cluster.members)} minima), {cluster.energy - lowest:.3f} eV above the lowest ML "
                 "minimum; a structurally distinct basin that is not selected"
             )
+    if getattr(choose_extras, "unperturbed_represents_its_basin", False):
+        clusters = [
+            _represented_by_unperturbed(c, energies, fingerprints, reference_fingerprint) for c in clusters
+        ]
     if any(not c.in_window for c in clusters):
         notes.append(
             f"the {window:g} eV energy window left out {sum(not c.in_window for c in clusters)} structurally "
@@ -305,8 +310,40 @@ def _summarise(
     )
 
 
+def _represented_by_unperturbed(
+    cluster: SelectedCluster,
+    energies: dict[str, float],
+    fingerprints: dict[str, np.ndarray],
+    reference: np.ndarray,
+) -> SelectedCluster:
+    """The basin holding a converged Unperturbed, represented by Unperturbed; other basins unchanged.
+
+    The hand-off always relaxes Unperturbed with DFT (ShakeNBreak's energy reference), so a second
+    DFT start from a member of the same basin repeats that run. When a foundation model relaxes
+    every start back to Unperturbed, that duplicate is exactly the lowest-energy member of the one
+    basin (MgO Mg_O_+4: Rattled, whose DFT run from its ML minimum is Unperturbed's again, while
+    DFT from Rattled as generated reaches the ground state). Freed, the member may enter the
+    exploration set as generated.
+    """
+    if "Unperturbed" not in cluster.members or cluster.representative == "Unperturbed":
+        return cluster
+    energy = energies["Unperturbed"]
+    return replace(
+        cluster,
+        representative="Unperturbed",
+        energy=energy,
+        energy_vs_unperturbed=0.0,
+        distance_to_unperturbed=cosine_distance(fingerprints["Unperturbed"], reference),
+        by_reference=True,
+    )
+
+
 def protect_extras(selection: DefectSelection, usable: list[str]) -> list[ExtraStart]:
-    """The ``protect`` policy: exploration starts when the minima are not trusted, then Unperturbed."""
+    """The ``protect`` policy: exploration starts when the minima are not trusted, then Unperturbed.
+
+    Unperturbed also represents its own basin under this policy (the registered ``protect`` function
+    sets ``unperturbed_represents_its_basin``; see :func:`_represented_by_unperturbed`).
+    """
     extras: list[ExtraStart] = []
     if not selection.trust.trusted:
         why = ", ".join(selection.trust.codes)
