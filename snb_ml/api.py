@@ -15,6 +15,7 @@ from snb_ml.safe_write import write_text
 from snb_ml.settings import RunSettings
 from snb_ml.summary import format_summary
 from snb_ml.tree.layout import energies_document
+from snb_ml.tree.metadata import charged_name
 from snb_ml.tree.status import ENERGY_STATUSES
 
 
@@ -126,10 +127,6 @@ def relax_tree(
     return _collect(report)
 
 
-def _folder_name(defect: str, charge: int) -> str:
-    return f"{defect}_{charge:+d}" if charge else f"{defect}_0"
-
-
 def write_distortion_tree(distortion_dict: dict, directory: str | Path, metadata: dict | None = None) -> Path:
     """Write ``Distortions.apply_distortions()`` output as a ShakeNBreak tree of POSCARs.
 
@@ -157,7 +154,7 @@ def write_distortion_tree(distortion_dict: dict, directory: str | Path, metadata
             )
         for charge, charge_entry in entry["charges"].items():
             structures = charge_entry["structures"]
-            folder = directory / _folder_name(defect, int(charge))
+            folder = directory / charged_name(defect, int(charge))
             if metadata is not None:
                 write_text(folder / "distortion_metadata.json", json.dumps(metadata, indent=2, default=str))
             named = {"Unperturbed": structures["Unperturbed"], **structures.get("distortions", {})}

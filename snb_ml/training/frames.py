@@ -97,6 +97,11 @@ def frame_charge(atoms: Atoms) -> int:
     return int(round(number))
 
 
+def defect_name(atoms: Atoms) -> str:
+    """The defect name of a frame without its charge (``Mg_O``)."""
+    return str(atoms.info.get("defect") or "defect")
+
+
 def defect_states(frames: Iterable[Atoms]) -> list[str]:
     """The defect folders (``Mg_O_+1``: defect and charge) that the defect frames come from.
 
@@ -105,7 +110,7 @@ def defect_states(frames: Iterable[Atoms]) -> list[str]:
     the training data.
     """
     states = {
-        (str(atoms.info.get("defect", "defect")), frame_charge(atoms))
+        (defect_name(atoms), frame_charge(atoms))
         for atoms in frames
         if str(atoms.info.get("config_type", "defect")) != "bulk"
     }

@@ -41,8 +41,8 @@ from snb_ml.data.frames import ENERGY_KEY
 from snb_ml.data.vasp import fidelity, read_outcar_frames
 from snb_ml.errors import InputError, ModelError
 from snb_ml.models.charge_reference import dielectric_tensor, point_charge_correction
-from snb_ml.training.frames import NO_CHARGE, frame_charge, frame_head
-from snb_ml.tree.metadata import split_charge
+from snb_ml.training.frames import NO_CHARGE, defect_name, frame_charge, frame_head
+from snb_ml.tree.metadata import charged_name, split_charge
 
 CORRECTIONS = ("efnv", "pc")
 #: ``calculation_metadata`` key of the level of theory of an entry built here.
@@ -91,14 +91,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def defect_name(atoms: Atoms) -> str:
-    """The defect name of a frame without its charge (``Mg_O``)."""
-    return str(atoms.info.get("defect") or "defect")
-
-
 def entry_name(defect: str, charge: int) -> str:
-    """Return doped's entry name: ``Mg_O_+1``, ``Mg_O_0``, ``v_Cd_-2``."""
-    return f"{defect}_{'+' if charge > 0 else ''}{charge}"
+    """Return doped's entry name: ``Mg_O_+1``, ``Mg_O_0``, ``v_Cd_-2`` (ShakeNBreak's folder name too)."""
+    return charged_name(defect, charge)
 
 
 def ground_states(frames: Sequence[Any], key: Any = None) -> dict[tuple[str, str], dict[int, Any]]:

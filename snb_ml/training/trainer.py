@@ -268,8 +268,8 @@ def _save_model(
     trained: Path,
     target: Path,
     marker_radius: float | None,
-    reference: Any = None,
-    fine_tuned_on: list[str] | None = None,
+    reference: Any,
+    fine_tuned_on: list[str],
 ) -> None:
     """Copy the trained model into place atomically, carrying snb_ml's own settings inside it.
 
@@ -284,8 +284,7 @@ def _save_model(
         model = torch.load(trained, map_location="cpu", weights_only=False)
         if marker_radius is not None:
             model.snb_ml_marker_radius = float(marker_radius)
-        if fine_tuned_on is not None:
-            model.snb_ml_fine_tuned_on = list(fine_tuned_on)
+        model.snb_ml_fine_tuned_on = list(fine_tuned_on)
         attach_reference(model, reference)
         torch.save(model, temporary)
 
