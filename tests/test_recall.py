@@ -68,6 +68,9 @@ def test_protect_finds_the_dimer_that_lean_loses(chgnet_runs):
     assert starts["Bond_Distortion_-30.0%"].ml_in_dft_basin is False
     assert starts["Bond_Distortion_-30.0%"].ml_in_gs_basin is False
     assert starts["Bond_Distortion_-10.0%"].ml_in_dft_basin is True
+    # How far outside: the open structure sits ~0.1 from the dimer (basin threshold 0.015).
+    assert 0.05 < starts["Bond_Distortion_-30.0%"].ml_to_gs < 0.2
+    assert starts["Bond_Distortion_-10.0%"].ml_to_gs == pytest.approx(starts["Unperturbed"].ml_to_gs, rel=0.3)
     assert "one_basin" in vcd.trust_flags and "no_reconstruction" in vcd.trust_flags
     # protect: the exploration set relaxes -30 % as generated and reaches the dimer.
     assert vcd.found_by == ["Bond_Distortion_-30.0%"]

@@ -138,9 +138,8 @@ def compare_defect(
                 result.ml_to_dft = cosine_distance(ml_prints[folder], dft_prints[folder])
                 result.ml_in_dft_basin = result.ml_to_dft < threshold
             if gs_prints:
-                result.ml_in_gs_basin = (
-                    min(cosine_distance(ml_prints[folder], p) for p in gs_prints) < threshold
-                )
+                result.ml_to_gs = min(cosine_distance(ml_prints[folder], p) for p in gs_prints)
+                result.ml_in_gs_basin = result.ml_to_gs < threshold
         if folder in start_from:
             result.selected, result.start_from = True, start_from[folder]
             result.expected_energy = reached(folder, start_from[folder])
@@ -158,11 +157,17 @@ def compare_defect(
             "no DFT structures: the DFT outcome of a representative (handed over as its ML minimum) is "
             "assumed to be that of its start"
         )
-    unknown = [s.folder for s in runs if s.start_from == "ml_minimum" and s.expected_energy is None]
+    unknown = [s for s in runs if s.start_from == "ml_minimum" and s.expected_energy is None]
     if unknown:
+        near = [f"{s.folder} {s.ml_to_gs:.3f}" for s in unknown if s.ml_to_gs is not None]
         notes.append(
-            f"the ML minimum of {', '.join(unknown)} lies in no basin DFT found: its DFT outcome is unknown "
-            "(counted as not reaching the ground state)"
+            f"the ML minimum of {', '.join(s.folder for s in unknown)} lies in no basin DFT found: its DFT "
+            "outcome is unknown (counted as not reaching the ground state)"
+            + (
+                f"; distance to the DFT ground state: {', '.join(near)} (basin threshold {threshold:g})"
+                if near
+                else ""
+            )
         )
     seconds = 0.0
     if run is not None:

@@ -38,7 +38,7 @@ def defect_table(defect: DefectRecall) -> str:
                 _energy(start.ml_energy),
                 start.ml_status,
                 _flag(start.ml_in_dft_basin),
-                _flag(start.ml_in_gs_basin),
+                _flag(start.ml_in_gs_basin) + ("" if start.ml_to_gs is None else f" ({start.ml_to_gs:.3f})"),
                 run,
             ]
         )
@@ -49,7 +49,7 @@ def defect_table(defect: DefectRecall) -> str:
         "ML E-E_min",
         "ML status",
         "ML in own DFT basin",
-        "ML in GS basin",
+        "ML in GS basin (distance)",
         "DFT run (starts from -> reaches)",
     ]
     table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)

@@ -25,6 +25,9 @@ class StartResult:
         ml_in_dft_basin: The ML minimum lies in the basin of this start's DFT result.
         ml_in_gs_basin: The ML minimum lies in the basin of a DFT ground-state result.
         ml_to_dft: Fingerprint distance of the ML minimum to this start's DFT result.
+        ml_to_gs: Fingerprint distance of the ML minimum to the nearest DFT ground-state result: how
+            far an ML minimum outside every DFT basin (an "unknown" DFT outcome) lies from the ground
+            state, against the basin threshold.
         selected: Relaxed with DFT in the plan (Unperturbed always is).
         start_from: ``ml_minimum`` or ``original`` for selected starts.
         expected_energy: DFT energy (relative) the plan's run of this start reaches, ``None`` if unknown.
@@ -40,6 +43,7 @@ class StartResult:
     ml_in_dft_basin: bool | None = None
     ml_in_gs_basin: bool | None = None
     ml_to_dft: float | None = None
+    ml_to_gs: float | None = None
     selected: bool = False
     start_from: str | None = None
     expected_energy: float | None = None
@@ -50,7 +54,8 @@ class StartResult:
         data = asdict(self)
         for key in ("dft_energy", "ml_energy", "expected_energy"):
             data[key] = None if data[key] is None else round(data[key], 4)
-        data["ml_to_dft"] = None if self.ml_to_dft is None else float(f"{self.ml_to_dft:.4g}")
+        for key in ("ml_to_dft", "ml_to_gs"):
+            data[key] = None if data[key] is None else float(f"{data[key]:.4g}")
         return data
 
 
