@@ -219,6 +219,7 @@ def main() -> int:
 
     from snb_ml.training.evaluate import evaluate_model
     from snb_ml.training.levels import LevelSettings
+    from snb_ml.training.record import read_record
     from snb_ml.training.trainer import train_model
 
     torch.set_num_threads(args.threads)
@@ -243,7 +244,7 @@ def main() -> int:
             model_path, dataset, out / f"report_{tag}_{variant}", "test", levels=levels, plots=False,
             echo=lambda _: None,
         )  # fmt: skip
-        record = json.loads((model_dir / "training.json").read_text())
+        record = read_record(model_dir)
         errors = [abs(row["error"]) for row in report["levels"]["levels"].values()]
         summary[variant] = {
             "energy_mae_cell": report["overall"]["energy_mae"],

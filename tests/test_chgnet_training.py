@@ -214,3 +214,21 @@ def test_predictions_hold_a_bounded_number_of_atoms_per_call(dataset, monkeypatc
     assert calls == [4, 1]  # 4 x 63 atoms fit in the default 256; then one at a time
     np.testing.assert_allclose(apart, together, atol=1e-3)
     assert [f.shape for f in forces] == [(63, 3)] * 3
+
+
+def test_training_record_has_one_owner_with_clear_errors(tmp_path):
+    from snb_ml.errors import ModelError
+    from snb_ml.training.record import read_record, recorded_setting, write_record
+
+    with pytest.raises(ModelError, match="snb-ml train"):
+        read_record(tmp_path)
+    assert recorded_setting(tmp_path / "m.model", "marker_radius") is None
+    with pytest.raises(ValueError, match="model"):
+        write_record(tmp_path, {"settings": {}})
+    path = write_record(tmp_path, {"model": "m.model", "settings": {"marker_radius": 2.5}})
+    assert read_record(tmp_path)["model"] == "m.model"
+    assert recorded_setting(tmp_path / "m.model", "marker_radius") == 2.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training.json"]  # no temporary left
+    path.write_text('{"model": ')  # a record cut short
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_record(tmp_path)

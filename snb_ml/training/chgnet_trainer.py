@@ -44,9 +44,9 @@ from snb_ml.training.chgnet_data import (
     rattled_copies,
 )
 from snb_ml.training.frames import defect_states, read_dataset, read_split, write_frames
+from snb_ml.training.record import write_record
 
 SETTINGS_NAME = "settings.json"
-RECORD_NAME = "training.json"
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 LOG_NAME = "train.log"
 BASE_NAME = "chgnet"  # training.json "base": how snb-ml evaluate tells the two routes apart
@@ -486,7 +486,7 @@ def train_chgnet(
         "after": after,
         "seconds": round(seconds, 1),
     }
-    write_text(model_dir / RECORD_NAME, json.dumps(record, indent=2))
+    write_record(model_dir, record)
     echo(
         f"Model written to {model_path} ({seconds:.0f} s). "
         f"Use it with: --relaxer chgnet --model {model_path}\n" + _summary(before, after)

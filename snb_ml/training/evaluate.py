@@ -15,16 +15,14 @@ from snb_ml.training.ground_states import compare_ground_states
 from snb_ml.training.levels import level_report, levels_table
 from snb_ml.training.metrics import all_metrics
 from snb_ml.training.predict import Prediction, open_model, predict
+from snb_ml.training.record import recorded_setting
 
 REPORT_NAME = "report.json"
 
 
 def _marker_radius(model_path: Path) -> float | None:
     # A model trained by `snb-ml train` records the marker radius next to it; reuse it.
-    record = model_path.parent / "training.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("settings", {}).get("marker_radius")
-    return None
+    return recorded_setting(model_path, "marker_radius")
 
 
 def parity_plots(predictions: Sequence[Prediction], folder: str | Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snb_ml.errors import InputError, ModelError, SnbMlError
+from snb_ml.errors import InputError, SnbMlError
 from snb_ml.models import detect_charge_mode, graft_charge_embedding
 from snb_ml.models.charge_reference import attach_reference, fit_charge_reference
 from snb_ml.progress import progress_bar
@@ -37,10 +37,10 @@ from snb_ml.training.frames import (
     read_dataset,
     write_head_files,
 )
+from snb_ml.training.record import write_record
 from snb_ml.training.targets import prepare_targets
 
 CONFIG_NAME = "mace_config.yaml"
-RECORD_NAME = "training.json"
 LOG_NAME = "train.log"
 _EPOCH_LINE = re.compile(r"(Initial|Epoch (\d+)): head: (\S+), loss=\s*([-\d.eE+na]+)")
 
@@ -252,7 +252,7 @@ def train_model(
         "seconds": round(seconds, 1),
         "history": history,
     }
-    (model_dir / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    write_record(model_dir, record)
     final = [h for h in history if h.get("mae_e") is not None]
     if final:
         echo(
@@ -308,15 +308,3 @@ def _explicit_terms(
         )
     targets = prepare_targets(data, reference, settings.energy_loss, settings.balance_charge_states)
     return reference, targets
-
-
-def load_record(model_dir: str | Path) -> dict[str, Any]:
-    """Return the ``training.json`` record of a trained model folder.
-
-    Raises:
-        ModelError: If the folder holds no record.
-    """
-    path = Path(model_dir) / RECORD_NAME
-    if not path.is_file():
-        raise ModelError(f"'{model_dir}' holds no {RECORD_NAME}; was it written by `snb-ml train`?")
-    return json.loads(path.read_text())
