@@ -91,11 +91,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def entry_name(defect: str, charge: int) -> str:
-    """Return doped's entry name: ``Mg_O_+1``, ``Mg_O_0``, ``v_Cd_-2`` (ShakeNBreak's folder name too)."""
-    return charged_name(defect, charge)
-
-
 def ground_states(frames: Sequence[Any], key: Any = None) -> dict[tuple[str, str], dict[int, Any]]:
     """Return ``{(head, defect): {charge: item}}``: the lowest-DFT-energy item of each charge state.
 
@@ -236,7 +231,7 @@ def build_dft_entry(
     from pymatgen.entries.computed_entries import ComputedStructureEntry
 
     q = frame_charge(defect_frame)
-    name = entry_name(defect_name(defect_frame), q)
+    name = charged_name(defect_name(defect_frame), q)  # doped's entry name
     if q != 0 and settings.dielectric is None:
         raise InputError(
             f"{name}: the finite-size correction of a charged state needs the total dielectric constant of "
@@ -468,7 +463,7 @@ def level_report(
         dft, dft_levels = _dft_side(frames, bulk, vbm, gap, settings)
         energies = {}
         for q, prediction in sorted(by_charge.items()):
-            entry = dft[entry_name(defect, q)]
+            entry = dft[charged_name(defect, q)]
             energies[entry.name] = prediction.energy
             correction = float(sum(entry.corrections.values()))
             states[f"{head}:{entry.name}"] = {

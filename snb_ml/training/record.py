@@ -53,7 +53,7 @@ def read_record(model_dir: str | Path) -> dict[str, Any]:
 
 def recorded_setting(model_path: str | Path, key: str) -> Any:
     """A training setting recorded beside ``model_path`` (``None`` without a record or that key)."""
-    path = Path(model_path).parent / RECORD_NAME
-    if not path.is_file():
+    model_dir = Path(model_path).parent
+    if not (model_dir / RECORD_NAME).is_file():
         return None
-    return read_record(path.parent).get("settings", {}).get(key)
+    return read_record(model_dir).get("settings", {}).get(key)
